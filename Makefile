@@ -1,0 +1,30 @@
+# Two commands do all the set-up (README quick start):
+#   make demo   creates/reuses .venv, installs the package, runs the demo
+#   make test   creates/reuses .venv, installs the package, runs the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.potts_jax-installed
+# JAX's persistent compilation cache lives in the venv, never in the repo.
+export JAX_COMPILATION_CACHE_DIR := $(abspath $(VENV))/jax-cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0.5
+
+.PHONY: demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m potts_jax.demo --out demo_out
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/solver.py
+
+clean:
+	rm -rf demo_out .pytest_cache

@@ -1,0 +1,182 @@
+"""Speed of ``potts_jax.solver.solve`` against a plain ``jax.grad`` solver.
+
+Run (2 CPU threads, as RESULTS.md records)::
+
+  python benchmarks/solver.py               # (2,128,128,21) (4,256,256,21) (12,256,256,21)
+  python benchmarks/solver.py --large       # also (12,513,513,21)
+  python benchmarks/solver.py --shapes 4x256x256x21 --neighborhoods nn4
+
+Prints one JSON object per (shape, neighbourhood): compile seconds, seconds per
+solve (median of ``--repeats``), Mpixel·steps/s, peak memory (XLA's compiled
+temp + argument + output bytes, and the process's max RSS) for ours and for
+the baseline, their speed ratio, and how far apart their results are (relative
+energy difference, mean |Δy|). The baseline is the textbook version: NHWC,
+``jax.grad`` of the energy through softmax and the scribble reset, in a
+``fori_loop``; it is written here, independently of the library's solver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from potts_jax import neighborhoods, potts, solver  # noqa: E402
+
+STEPS = int(os.environ.get("BENCH_STEPS", 200))
+ETA, LAM, SIGMA_RGB, STEP = 0.3, 6.0, 9.0, 0.075
+
+
+def make_inputs(b, h, w, k, seed=0):
+  """Smooth random logits, a piecewise-constant noisy image, ~3% scribbles."""
+  rng = np.random.default_rng(seed)
+  coarse = rng.normal(size=(b, max(h // 16, 1), max(w // 16, 1), k)) * 3.0
+  logits = jax.image.resize(jnp.asarray(coarse, jnp.float32), (b, h, w, k),
+                            "linear")
+  blocks = rng.uniform(0, 255, size=(b, max(h // 32, 1), max(w // 32, 1), 3))
+  image = jax.image.resize(jnp.asarray(blocks, jnp.float32), (b, h, w, 3),
+                           "nearest")
+  image = jnp.clip(image + rng.normal(scale=4.0, size=(b, h, w, 3)), 0, 255)
+  labels = np.full((b, h, w), 255, np.int32)
+  for i in range(b):
+    for _ in range(max(k, 4)):
+      r, c = rng.integers(0, h), rng.integers(0, max(w - w // 4, 1))
+      labels[i, r:r + 3, c:c + w // 4] = rng.integers(0, k)
+  return logits, image.astype(jnp.float32), jnp.asarray(labels)
+
+
+def plain_energy(y, sigma, unary_mask, weights, relaxation):
+  """E(y) written directly: NHWC, slices of the padded pair arrays."""
+  unary = -jnp.log(jnp.maximum(jnp.sum(sigma * y, -1), potts.EPS))  # H_CCE
+  total = ETA * jnp.sum(unary_mask * unary)
+  p = potts.relaxation(relaxation)
+  for d, (dy, dx) in enumerate(neighborhoods.offsets_for(weights.shape[-1])):
+    total += LAM * jnp.sum(weights[..., d] * p(y, neighborhoods.shift(y, dy, dx)))
+  return total
+
+
+@functools.partial(jax.jit, static_argnames=("relaxation", "neighborhood"))
+def plain_solve(logits, image, labels, relaxation="cd", neighborhood="nn4"):
+  """Baseline: ``l -= step * jax.grad(E)(l)`` with the reset inside E."""
+  k = logits.shape[-1]
+  labeled = (labels != 255) & (labels != 254)
+  onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k)
+  sigma = jax.nn.softmax(logits, -1)
+  weights = neighborhoods.affinities(image, labels, neighborhood=neighborhood,
+                                     sigma_rgb=SIGMA_RGB)
+  unary_mask = (labels == 255).astype(jnp.float32)
+
+  def to_y(l):
+    return jnp.where(labeled[..., None], onehot, jax.nn.softmax(l, -1))
+
+  def loss(l):
+    return plain_energy(to_y(l), sigma, unary_mask, weights, relaxation)
+
+  l = jax.lax.fori_loop(0, STEPS, lambda _, l: l - STEP * jax.grad(loss)(l),
+                        logits)
+  return to_y(l)
+
+
+def ours_solve(logits, image, labels, relaxation="cd", neighborhood="nn4"):
+  return solver.solve(logits, image, labels, relaxation=relaxation,
+                      neighborhood=neighborhood, eta=ETA, lam=LAM,
+                      sigma_rgb=SIGMA_RGB, num_steps=STEPS, step_size=STEP)
+
+
+def compiled_bytes(jitted, *args, **kwargs):
+  """Compile once; return (compiled, seconds, XLA's bytes estimate)."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args, **kwargs).compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  total = None
+  if mem is not None:
+    total = int(mem.temp_size_in_bytes + mem.argument_size_in_bytes
+                + mem.output_size_in_bytes)
+  return compiled, seconds, total
+
+
+def timed(fn, repeats):
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return out, statistics.median(times)
+
+
+def measure(shape, neighborhood, repeats, baseline):
+  b, h, w, k = shape
+  logits, image, labels = make_inputs(b, h, w, k)
+  opts = dict(relaxation="cd", neighborhood=neighborhood)
+  args = (logits, image, labels, jnp.float32(ETA), jnp.float32(LAM),
+          jnp.float32(SIGMA_RGB), jnp.float32(STEP))
+  static = dict(relaxation="cd", cross_entropy="cce", neighborhood=neighborhood,
+                num_steps=STEPS, optimizer=None, record=False)
+  _, ours_compile, ours_bytes = compiled_bytes(solver._solve, *args, **static)
+  ours_solve(logits, image, labels, **opts)  # warm the dispatch cache
+  y, ours_s = timed(lambda: ours_solve(logits, image, labels, **opts), repeats)
+  mpix = b * h * w * STEPS / 1e6
+  row = dict(
+      shape=list(shape), neighborhood=neighborhood, steps=STEPS,
+      relaxation="cd", cross_entropy="cce", compile_s=round(ours_compile, 2),
+      seconds=round(ours_s, 3), mpixel_steps_per_s=round(mpix / ours_s, 1),
+      xla_bytes=ours_bytes,
+  )
+  if baseline:
+    _, base_compile, base_bytes = compiled_bytes(plain_solve, logits, image,
+                                                 labels, **opts)
+    plain_solve(logits, image, labels, **opts)
+    y0, base_s = timed(lambda: plain_solve(logits, image, labels, **opts),
+                       repeats)
+    e = solver.energy(y, logits, image, labels, **opts)
+    e0 = solver.energy(y0, logits, image, labels, **opts)
+    row.update(
+        baseline_compile_s=round(base_compile, 2),
+        baseline_seconds=round(base_s, 3), baseline_xla_bytes=base_bytes,
+        speedup=round(base_s / ours_s, 2),
+        rel_energy_diff=float(jnp.max(jnp.abs(e - e0) / jnp.abs(e0))),
+        mean_abs_dy=float(jnp.mean(jnp.abs(y - y0))),
+    )
+  row.update(max_rss_gb=round(
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shapes", default="2x128x128x21,4x256x256x21,"
+                      "12x256x256x21", help="comma-separated BxHxWxK")
+  parser.add_argument("--large", action="store_true",
+                      help="also (12,513,513,21)")
+  parser.add_argument("--neighborhoods", default="nn4,nn8")
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--no-baseline", action="store_true")
+  args = parser.parse_args()
+  shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+  if args.large:
+    shapes.append((12, 513, 513, 21))
+  print(json.dumps(dict(
+      machine=platform.processor() or platform.machine(),
+      cpus=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
+      devices=str(jax.devices()[0]),
+      xla_flags=os.environ.get("XLA_FLAGS", ""))), flush=True)
+  for shape in shapes:
+    for nb in args.neighborhoods.split(","):
+      print(json.dumps(measure(shape, nb, args.repeats, not args.no_baseline)),
+            flush=True)
+
+
+if __name__ == "__main__":
+  main()

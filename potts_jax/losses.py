@@ -1,0 +1,189 @@
+"""Cross-entropies H(σ, y) and the network losses (paper eqs. 3, 4, 6-9).
+
+Cross-entropies take the prediction ``sigma`` and the (pseudo-)label ``y``, both
+``[..., K]`` on the simplex, and return ``[...]``:
+
+=======  ======================  ============================================
+name     H(σ, y)                 paper
+=======  ======================  ============================================
+``ce``   ``-Σ_k y_k ln σ_k``     standard cross-entropy, eq. 7
+``rce``  ``-Σ_k σ_k ln y_k``     reverse cross-entropy, eq. 8
+``cce``  ``-ln σᵀy``             collision cross-entropy, eq. 9
+``q``    ``½‖σ - y‖²``           quadratic, only for the closed-form check
+=======  ======================  ============================================
+
+Logs are guarded as in :mod:`potts_jax.potts` (``ln max(x, EPS)``), so values and
+gradients stay finite at one-hot and orthogonal one-hot inputs.
+
+Label conventions (ARCHITECTURE §2): ``labels`` ``[B, H, W]`` int32 hold a class
+``0..K-1`` on scribbled pixels, :data:`UNLABELED` (255) elsewhere and
+:data:`PADDING` (254) on crop padding, which takes part in no term.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from potts_jax import neighborhoods
+from potts_jax import potts
+
+Array = jnp.ndarray
+
+UNLABELED = 255
+PADDING = 254
+
+
+def ce(sigma: Array, y: Array, axis: int = -1) -> Array:
+  """Standard cross-entropy ``-Σ y ln σ``. ``[..., K] x [..., K] -> [...]``."""
+  return -jnp.sum(y * potts.safe_log(sigma), axis=axis)
+
+
+def rce(sigma: Array, y: Array, axis: int = -1) -> Array:
+  """Reverse cross-entropy ``-Σ σ ln y``. ``[..., K] x [..., K] -> [...]``."""
+  return -jnp.sum(sigma * potts.safe_log(y), axis=axis)
+
+
+def cce(sigma: Array, y: Array, axis: int = -1) -> Array:
+  """Collision cross-entropy ``-ln σᵀy``. ``[..., K] x [..., K] -> [...]``."""
+  return -potts.safe_log(jnp.sum(sigma * y, axis=axis))
+
+
+def quadratic(sigma: Array, y: Array, axis: int = -1) -> Array:
+  """Quadratic ``½‖σ - y‖²``. ``[..., K] x [..., K] -> [...]``."""
+  return 0.5 * jnp.sum(jnp.square(sigma - y), axis=axis)
+
+
+_BY_NAME = {"ce": ce, "rce": rce, "cce": cce, "q": quadratic}
+NAMES = tuple(_BY_NAME)
+
+
+def check_name(name: str) -> str:
+  """Returns ``name`` if it names a cross-entropy, else raises ``ValueError``."""
+  if name not in _BY_NAME:
+    raise ValueError(
+        f"unknown cross-entropy {name!r}; expected one of {list(NAMES)}"
+    )
+  return name
+
+
+def cross_entropy(name: str) -> Callable[..., Array]:
+  """Returns the cross-entropy ``fn(sigma, y, axis=-1) -> [...]`` called ``name``.
+
+  Raises:
+    ValueError: for a name other than ``ce, rce, cce, q``.
+  """
+  return _BY_NAME[check_name(name)]
+
+
+def _masked_mean(values: Array, mask: Array) -> Array:
+  """Mean of ``values`` over ``mask``; 0 when the mask is empty."""
+  mask = mask.astype(values.dtype)
+  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def scribbled(labels: Array) -> Array:
+  """``[B, H, W]`` bool: pixels holding a class (neither 255 nor 254)."""
+  return (labels != UNLABELED) & (labels != PADDING)
+
+
+def unlabeled(labels: Array) -> Array:
+  """``[B, H, W]`` bool: valid pixels without a class (255)."""
+  return labels == UNLABELED
+
+
+def partial_cross_entropy(logits: Array, labels: Array) -> Array:
+  """Partial CE ``mean_{i∈S} -ln σ_i^{ȳ_i}`` over scribbled pixels (eq. 3).
+
+  Args:
+    logits: ``[B, H, W, K]`` network logits.
+    labels: ``[B, H, W]`` int; 255 and 254 pixels are ignored.
+
+  Returns:
+    Scalar; 0 when no pixel is scribbled.
+  """
+  mask = scribbled(labels)
+  log_sigma = jax.nn.log_softmax(logits, axis=-1)
+  safe = jnp.where(mask, labels, 0)
+  nll = -jnp.take_along_axis(log_sigma, safe[..., None], axis=-1)[..., 0]
+  return _masked_mean(nll, mask)
+
+
+def self_labeling_loss(
+    logits: Array,
+    y: Array,
+    labels: Array,
+    *,
+    cross_entropy: str = "cce",
+    eta: float = 0.3,
+) -> Array:
+  """Network loss given pseudo-labels: ``pCE + η · mean_{i unlabeled} H(σ_i, y_i)``.
+
+  The network-side part of paper eq. 6 (the Potts term does not depend on σ).
+  Means instead of sums keep the learning rate independent of the image size.
+
+  Args:
+    logits: ``[B, H, W, K]`` network logits.
+    y: ``[B, H, W, K]`` pseudo-labels (no gradient flows into them).
+    labels: ``[B, H, W]`` int.
+    cross_entropy: name of H, see :func:`cross_entropy`.
+    eta: weight of the cross-entropy term.
+
+  Returns:
+    Scalar loss.
+  """
+  h = _BY_NAME[check_name(cross_entropy)]
+  sigma = jax.nn.softmax(logits, axis=-1)
+  unary = h(sigma, jax.lax.stop_gradient(y))
+  return partial_cross_entropy(logits, labels) + eta * _masked_mean(
+      unary, unlabeled(labels)
+  )
+
+
+def entropy(logits: Array) -> Array:
+  """Shannon entropy ``-Σ σ ln σ`` of ``softmax(logits)``. ``[..., K] -> [...]``."""
+  log_sigma = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.sum(jnp.exp(log_sigma) * log_sigma, axis=-1)
+
+
+def gradient_descent_loss(
+    logits: Array,
+    image: Array,
+    labels: Array,
+    *,
+    relaxation: str = "cd",
+    neighborhood: str = "nn4",
+    eta: float = 0.3,
+    lam: float = 6.0,
+    sigma_rgb: float = 9.0,
+) -> Array:
+  """Regularised loss of paper eq. 4, optimised directly by the network.
+
+  ``pCE + η · mean_{i unlabeled} H(σ_i) + λ · Σ_{ij} w_ij P(σ_i, σ_j) / #pairs``,
+  with H the Shannon entropy and ``#pairs`` the number of valid grid pairs.
+
+  Args:
+    logits: ``[B, H, W, K]`` network logits.
+    image: ``[B, H, W, 3]`` RGB in 0..255.
+    labels: ``[B, H, W]`` int.
+    relaxation: Potts relaxation name.
+    neighborhood: ``nn4`` or ``nn8``.
+    eta, lam, sigma_rgb: weights and colour bandwidth.
+
+  Returns:
+    Scalar loss.
+  """
+  p = potts.relaxation(relaxation)
+  weights = neighborhoods.affinities(
+      image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
+  )
+  sigma = jax.nn.softmax(logits, axis=-1)
+  potts_sum = jnp.sum(neighborhoods.grid_energy(sigma, weights, p))
+  num_pairs = jnp.sum(neighborhoods.pair_mask(labels, neighborhood))
+  return (
+      partial_cross_entropy(logits, labels)
+      + eta * _masked_mean(entropy(logits), unlabeled(labels))
+      + lam * potts_sum / jnp.maximum(num_pairs, 1.0)
+  )

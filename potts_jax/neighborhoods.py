@@ -1,0 +1,210 @@
+"""Grid neighbourhoods: affinities ``w_ij`` and grid Potts energies.
+
+A grid neighbourhood is a tuple of offsets ``(dy, dx)``; pixel ``i = (r, c)``
+is paired with ``i + o = (r + dy, c + dx)`` for every offset ``o``, so each
+unordered pair appears once:
+
+* ``nn4``: ``(0, 1), (1, 0)``, the right and lower neighbours;
+* ``nn8``: ``nn4`` plus the diagonals ``(1, 1), (1, -1)``.
+
+Weights are stored per pixel and offset, ``[B, H, W, D]`` (``D`` = 2 or 4):
+``weights[b, r, c, d]`` belongs to the pair ``(r, c) - (r, c) + offsets[d]``
+and is zero where that pair does not exist (partner outside the image, or
+either pixel is padding, label 254). No pair list is ever built: energies and
+gradients use shifted copies of whole arrays (:func:`shift`), which XLA fuses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+
+Array = jnp.ndarray
+
+PADDING = 254
+
+OFFSETS: dict[str, tuple[tuple[int, int], ...]] = {
+    "nn4": ((0, 1), (1, 0)),
+    "nn8": ((0, 1), (1, 0), (1, 1), (1, -1)),
+}
+
+
+def check_name(name: str) -> str:
+  """Returns ``name`` if it names a grid neighbourhood, else raises."""
+  if name == "dense":
+    raise NotImplementedError(
+        "neighborhood='dense' needs the permutohedral-lattice dense Potts of "
+        "potts_jax/bilateral.py, which is not written yet (issue 7); use "
+        "'nn4' or 'nn8'"
+    )
+  if name not in OFFSETS:
+    raise ValueError(
+        f"unknown neighborhood {name!r}; expected one of {list(OFFSETS)} "
+        "(or 'dense' once bilateral.py exists)"
+    )
+  return name
+
+
+def offsets_for(num_offsets: int) -> tuple[tuple[int, int], ...]:
+  """The offsets of the grid neighbourhood with ``num_offsets`` offsets."""
+  for offsets in OFFSETS.values():
+    if len(offsets) == num_offsets:
+      return offsets
+  raise ValueError(
+      f"weights have {num_offsets} offsets in their last axis; expected 2 "
+      "(nn4) or 4 (nn8)"
+  )
+
+
+def shift(x: Array, dy: int, dx: int, axes: tuple[int, int] = (1, 2)) -> Array:
+  """``out[.., r, c, ..] = x[.., r + dy, c + dx, ..]``, zero outside ``x``.
+
+  Args:
+    x: array whose ``axes`` are the image rows and columns.
+    dy, dx: static offsets.
+    axes: positions of the row and column axes.
+
+  Returns:
+    Array of the shape of ``x``.
+  """
+  config = [(0, 0, 0)] * x.ndim
+  config[axes[0]] = (-dy, dy, 0)
+  config[axes[1]] = (-dx, dx, 0)
+  return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def pair_mask(labels: Array, neighborhood: str = "nn4") -> Array:
+  """``[B, H, W, D]`` float32: 1 where the pair exists, else 0.
+
+  Args:
+    labels: ``[B, H, W]`` int; 254 marks padding.
+    neighborhood: ``nn4`` or ``nn8``.
+  """
+  valid = (labels != PADDING).astype(jnp.float32)
+  # Shifting with zero fill also drops partners outside the image.
+  return jnp.stack(
+      [valid * shift(valid, dy, dx) for dy, dx in OFFSETS[check_name(neighborhood)]],
+      axis=-1,
+  )
+
+
+def affinities(
+    image: Array,
+    labels: Array,
+    *,
+    neighborhood: str = "nn4",
+    sigma_rgb: float = 9.0,
+) -> Array:
+  """Grid affinities ``w_ij = exp(-‖I_i - I_j‖² / (2 σ_rgb²))``.
+
+  Diagonal pairs (``nn8``) are divided by √2; pairs touching padding or leaving
+  the image get 0.
+
+  Args:
+    image: ``[B, H, W, C]`` colour image in 0..255 (not normalised).
+    labels: ``[B, H, W]`` int; 254 marks padding.
+    neighborhood: ``nn4`` or ``nn8``.
+    sigma_rgb: colour bandwidth (9 on VOC, 3 on Cityscapes/ADE20k).
+
+  Returns:
+    ``[B, H, W, D]`` float32 weights, see the module docstring.
+  """
+  offsets = OFFSETS[check_name(neighborhood)]
+  image = jnp.asarray(image, jnp.float32)
+  mask = pair_mask(labels, neighborhood)
+  inv = 1.0 / (2.0 * jnp.square(jnp.asarray(sigma_rgb, jnp.float32)))
+  weights = []
+  for d, (dy, dx) in enumerate(offsets):
+    diff = jnp.sum(jnp.square(image - shift(image, dy, dx)), axis=-1)
+    scale = 1.0 / math.sqrt(2.0) if dy and dx else 1.0
+    weights.append(scale * jnp.exp(-diff * inv) * mask[..., d])
+  return jnp.stack(weights, axis=-1)
+
+
+def grid_energy(
+    y: Array, weights: Array, relaxation: Callable[[Array, Array], Array]
+) -> Array:
+  """``Σ_{(i,j)} w_ij P(y_i, y_j)`` per image.
+
+  Args:
+    y: ``[B, H, W, K]`` distributions.
+    weights: ``[B, H, W, D]`` from :func:`affinities`.
+    relaxation: ``fn(p, q) -> [...]``, e.g. ``potts.relaxation("cd")``.
+
+  Returns:
+    ``[B]`` energies.
+  """
+  total = 0.0
+  for d, (dy, dx) in enumerate(offsets_for(weights.shape[-1])):
+    pair = relaxation(y, shift(y, dy, dx))
+    total = total + jnp.sum(weights[..., d] * pair, axis=(1, 2))
+  return total
+
+
+def potts_terms(
+    y: Array,
+    stats: "PairStats",
+    weights: Sequence[Array],
+    offsets: Sequence[tuple[int, int]],
+    stats_fn: Callable[[Array, Array, Array], Array],
+    channel_axis: int = -1,
+) -> tuple[Array, Array]:
+  """Analytic ``y ⊙ ∂P/∂y`` and ``yᵀ∂P/∂y`` of ``P = Σ w_ij P(y_i, y_j)``.
+
+  With ``P = f(s, a, b)``, ``s = y_iᵀy_j``, ``a = ‖y_i‖²``, ``b = ‖y_j‖²``:
+  ``∂P/∂y_i = f_s y_j + 2 f_a y_i`` and ``∂P/∂y_j = f_s y_i + 2 f_b y_j``.
+  The scalar partials come from one ``jax.vjp`` of ``f`` per offset on
+  ``[B, H, W]`` planes; ``yᵀ∂P/∂y`` follows from the same scalars without
+  another reduction over ``K``.
+
+  Args:
+    y: ``[B, H, W, K]`` (or channels first, see ``channel_axis``).
+    stats: :class:`PairStats` of ``y`` (``a`` and one ``s`` per offset).
+    weights: per offset, ``[B, H, W]`` weights (0 where no pair).
+    offsets: the ``(dy, dx)`` of each weight plane.
+    stats_fn: the ``(s, a, b)`` form of the relaxation (``potts.STATS``).
+    channel_axis: 3 (or -1) for ``[B, H, W, K]``, 1 for ``[B, K, H, W]``.
+
+  Returns:
+    ``(y ⊙ ∂P/∂y`` of the shape of ``y``, ``yᵀ∂P/∂y`` ``[B, H, W])``.
+  """
+  ch = channel_axis % y.ndim
+  axes = (1, 2) if ch == 3 else (2, 3)
+  expand = lambda f: jnp.expand_dims(f, ch)
+  diag = jnp.zeros_like(stats.a)
+  cross = jnp.zeros_like(y)
+  ydotg = jnp.zeros_like(stats.a)
+  for w, s, (dy, dx) in zip(weights, stats.s, offsets):
+    _, vjp = jax.vjp(stats_fn, s, stats.a, shift(stats.a, dy, dx))
+    f_s, f_a, f_b = vjp(w)
+    f_s_back = shift(f_s, -dy, -dx)
+    cross = (cross + expand(f_s) * shift(y, dy, dx, axes)
+             + expand(f_s_back) * shift(y, -dy, -dx, axes))
+    diag = diag + f_a + shift(f_b, -dy, -dx)
+    ydotg = ydotg + f_s * s + f_s_back * shift(s, -dy, -dx)
+  ydotg = ydotg + 2.0 * diag * stats.a
+  return y * (cross + 2.0 * expand(diag) * y), ydotg
+
+
+class PairStats(NamedTuple):
+  """Per-pixel reductions over ``K`` that the grid Potts terms need."""
+
+  a: Array  # [B, H, W] ‖y_i‖².
+  s: tuple  # per offset [B, H, W] y_iᵀy_{i+o}.
+
+
+def pair_stats(
+    y: Array, offsets: Sequence[tuple[int, int]], channel_axis: int = -1
+) -> PairStats:
+  """:class:`PairStats` of ``y`` ``[B, H, W, K]`` (or channels first)."""
+  ch = channel_axis % y.ndim
+  axes = (1, 2) if ch == 3 else (2, 3)
+  return PairStats(
+      a=jnp.sum(y * y, axis=ch),
+      s=tuple(
+          jnp.sum(y * shift(y, dy, dx, axes), axis=ch) for dy, dx in offsets
+      ),
+  )

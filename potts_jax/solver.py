@@ -1,0 +1,390 @@
+"""The soft pseudo-label solver (paper Appendix B) and its energy.
+
+For one batch, with the network output ``σ = softmax(logits)`` fixed, the
+pseudo-labels minimise (ARCHITECTURE §3, a sum, not a mean)::
+
+    E(y) = η Σ_{i valid, unlabeled} H(σ_i, y_i) + λ Σ_{(i,j)∈N} w_ij P(y_i, y_j)
+
+with ``y_i`` pinned to the one-hot of its scribble on labeled pixels. The solver
+optimises logits ``l`` (initialised from the network logits) by ``num_steps``
+steps of: ``y = softmax(l)``; ``y = where(labeled, onehot, y)`` (the scribble
+reset); ``l -= step_size * ∂E/∂l``.
+
+How it is computed (same iterates as the textbook autodiff loop, measured in
+``benchmarks/solver.py``):
+
+* ``∂E/∂l`` is analytic: every Potts relaxation is a function of
+  ``s = y_iᵀy_j, a = ‖y_i‖², b = ‖y_j‖²`` (:data:`potts_jax.potts.STATS`), so
+  the pair gradient is ``f_s y_j + 2 f_a y_i`` with scalar partials from a
+  ``vjp`` on ``[B, H, W]`` planes (:func:`neighborhoods.potts_terms`), and the
+  softmax Jacobian ``y ⊙ (g - yᵀg)`` takes ``yᵀg`` from the same scalars.
+* Plain descent runs on ``y`` itself: ``l ← l - t∂E/∂l`` is exactly
+  ``y ← y ⊙ exp(-t∂E/∂l) / Σ_k(...)`` because ``softmax(l + δ) ∝ softmax(l) ⊙
+  exp(δ)``. One ``exp`` per element and step, no softmax max/sum passes, and
+  labeled pixels stay one-hot because their step is zero. With an optax
+  ``optimizer`` the loop keeps the logits and their optimizer state instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from potts_jax import losses
+from potts_jax import neighborhoods
+from potts_jax import potts
+
+Array = jnp.ndarray
+
+
+def validate_inputs(logits: Any, image: Any, labels: Any) -> None:
+  """Raises ``ValueError`` naming the offending shape or label value.
+
+  Shapes are always checked; label values only when ``labels`` is concrete
+  (inside ``jit`` the caller's data pipeline is responsible for them).
+
+  Args:
+    logits: ``[B, H, W, K]``.
+    image: ``[B, H, W, C]``.
+    labels: ``[B, H, W]`` int with values in ``0..K-1``, 254 or 255.
+  """
+  if np.ndim(logits) != 4:
+    raise ValueError(
+        f"logits must be [B, H, W, K]; got shape {np.shape(logits)}"
+    )
+  b, h, w, k = np.shape(logits)
+  if np.ndim(image) != 4 or tuple(np.shape(image)[:3]) != (b, h, w):
+    raise ValueError(
+        f"image must be [B, H, W, C] = [{b}, {h}, {w}, C] to match logits "
+        f"{np.shape(logits)}; got shape {np.shape(image)}"
+    )
+  if tuple(np.shape(labels)) != (b, h, w):
+    raise ValueError(
+        f"labels must be [B, H, W] = [{b}, {h}, {w}] to match logits "
+        f"{np.shape(logits)}; got shape {np.shape(labels)}"
+    )
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise ValueError(
+        f"labels must be integers; got dtype {jnp.result_type(labels)}"
+    )
+  if isinstance(labels, jax.core.Tracer):
+    return
+  values = np.unique(np.asarray(labels))
+  bad = values[
+      ((values < 0) | (values >= k))
+      & (values != losses.PADDING)
+      & (values != losses.UNLABELED)
+  ]
+  if bad.size:
+    raise ValueError(
+        f"labels hold value(s) {bad[:10].tolist()}; expected a class in "
+        f"0..{k - 1} (K={k} from logits), {losses.UNLABELED} (unlabeled) or "
+        f"{losses.PADDING} (padding)"
+    )
+
+
+def _check_options(relaxation, cross_entropy, neighborhood, num_steps):
+  potts.check_name(relaxation)
+  losses.check_name(cross_entropy)
+  neighborhoods.check_name(neighborhood)
+  if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
+    raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
+
+
+class _Problem(NamedTuple):
+  """The fixed data of one pseudo-label problem (NHWC)."""
+
+  sigma: Array  # [B, H, W, K] network prediction softmax(logits).
+  log_sigma: Array  # [B, H, W, K] guarded ln σ (used by H_CE only).
+  onehot: Array  # [B, H, W, K] one-hot of the scribble, 0 elsewhere.
+  labeled: Array  # [B, H, W, 1] bool: scribbled pixels.
+  free: Array  # [B, H, W] float: 1 where the solver may move y.
+  unary_weight: Array  # [B, H, W] float: η on valid unlabeled pixels, else 0.
+  weights: tuple  # per offset [B, H, W] λ·w_ij (0 where no pair).
+
+
+def _problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
+  k = logits.shape[-1]
+  labels = jnp.asarray(labels, jnp.int32)
+  labeled = losses.scribbled(labels)
+  onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k) * labeled[..., None]
+  weights = lam * neighborhoods.affinities(
+      image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
+  )
+  sigma = jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32))
+  return _Problem(
+      sigma=sigma,
+      log_sigma=potts.safe_log(sigma),
+      onehot=onehot,
+      labeled=labeled[..., None],
+      free=(~labeled).astype(jnp.float32),
+      unary_weight=eta * losses.unlabeled(labels).astype(jnp.float32),
+      weights=tuple(weights[..., d] for d in range(weights.shape[-1])),
+  )
+
+
+def _reset(y: Array, prob: _Problem) -> Array:
+  """The scribble reset ``where(labeled, onehot, y)``."""
+  return jnp.where(prob.labeled, prob.onehot, y)
+
+
+# Unary terms: for H(σ, y) with weight m = η·[valid unlabeled], the solver
+# needs y ⊙ ∂(mH)/∂y [B, H, W, K] and yᵀ∂(mH)/∂y [B, H, W]. Each is written
+# from per-pixel sums so that the update pass needs no reduction over K; the
+# guard of each log follows the library's safe_log (zero slope below EPS).
+def _unary_cce(y, prob, stats):
+  u = jnp.sum(prob.sigma * y, axis=-1)  # σᵀy
+  _, vjp = jax.vjp(lambda v: -potts.safe_log(v), u)
+  c = vjp(prob.unary_weight)[0]  # -m/u
+  return c[..., None] * prob.sigma * y, c * u
+
+
+def _unary_ce(y, prob, stats):
+  del stats
+  ydg = -prob.unary_weight[..., None] * y * prob.log_sigma
+  return ydg, jnp.sum(ydg, axis=-1)
+
+
+def _unary_rce(y, prob, stats):
+  del stats
+  ydg = -prob.unary_weight[..., None] * prob.sigma * (y > potts.EPS)
+  return ydg, jnp.sum(ydg, axis=-1)
+
+
+def _unary_q(y, prob, stats):
+  m = prob.unary_weight
+  u = jnp.sum(prob.sigma * y, axis=-1)
+  return m[..., None] * y * (y - prob.sigma), m * (stats.a - u)
+
+
+_UNARY = {"cce": _unary_cce, "ce": _unary_ce, "rce": _unary_rce,
+          "q": _unary_q}
+
+
+def _energy_terms(y, prob, relaxation, cross_entropy):
+  """``(y ⊙ ∂E/∂y, yᵀ∂E/∂y)`` for ``y`` ``[B, H, W, K]`` with the reset."""
+  offsets = neighborhoods.offsets_for(len(prob.weights))
+  stats = neighborhoods.pair_stats(y, offsets)
+  ydg, ydotg = neighborhoods.potts_terms(
+      y, stats, prob.weights, offsets, potts.STATS[relaxation]
+  )
+  u_ydg, u_ydotg = _UNARY[cross_entropy](y, prob, stats)
+  return ydg + u_ydg, ydotg + u_ydotg
+
+
+def _logit_gradient(y, prob, relaxation, cross_entropy):
+  """``∂E/∂l`` at ``y = reset(softmax(l))``: ``y ⊙ (g - yᵀg)``, 0 where reset."""
+  ydg, ydotg = _energy_terms(y, prob, relaxation, cross_entropy)
+  return prob.free[..., None] * (ydg - y * ydotg[..., None])
+
+
+def _energy_value(y, prob, relaxation, cross_entropy):
+  """E(y) ``[B]`` (the weights in ``prob`` already carry η and λ)."""
+  h = losses.cross_entropy(cross_entropy)
+  unary = jnp.sum(prob.unary_weight * h(prob.sigma, y), axis=(1, 2))
+  pairs = neighborhoods.grid_energy(
+      y, jnp.stack(prob.weights, axis=-1), potts.relaxation(relaxation)
+  )
+  return unary + pairs
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "relaxation", "cross_entropy", "neighborhood", "num_steps",
+        "optimizer", "record",
+    ),
+)
+def _solve(
+    logits, image, labels, eta, lam, sigma_rgb, step_size, *,
+    relaxation, cross_entropy, neighborhood, num_steps, optimizer, record,
+):
+  """The loop. Plain descent runs on ``y`` directly (see :func:`solve`)."""
+  prob = _problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam)
+  logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
+  grad_fn = functools.partial(
+      _logit_gradient, prob=prob, relaxation=relaxation,
+      cross_entropy=cross_entropy,
+  )
+
+  if optimizer is None:
+    # l ← l - t ∂E/∂l  ⇔  y ← y ⊙ exp(-t ∂E/∂l) / Σ_k(...), exactly, since
+    # softmax(l + δ) ∝ softmax(l) ⊙ exp(δ). The carry is (v, 1/Σv) with
+    # y = v / Σv: one exp per element and step, no max/sum of a softmax.
+    def to_y(carry):
+      v, inv = carry
+      return v * inv[..., None]
+
+    def step(carry):
+      y = to_y(carry)
+      v = y * jnp.exp(-step_size * grad_fn(y))
+      return v, 1.0 / jnp.sum(v, axis=-1)
+
+    y0 = _reset(prob.sigma, prob)
+    carry0 = (y0, jnp.ones(y0.shape[:-1], y0.dtype))
+  else:
+    def to_y(carry):
+      return _reset(jax.nn.softmax(carry[0]), prob)
+
+    def step(carry):
+      l, state = carry
+      updates, state = optimizer.update(grad_fn(to_y(carry)), state, l)
+      return optax.apply_updates(l, updates), state
+
+    carry0 = (logits, optimizer.init(logits))
+
+  energy_fn = functools.partial(
+      _energy_value, prob=prob, relaxation=relaxation,
+      cross_entropy=cross_entropy,
+  )
+  if record:
+    def body(carry, _):
+      return step(carry), energy_fn(to_y(carry))
+
+    carry, energies = jax.lax.scan(body, carry0, None, length=num_steps)
+  else:
+    carry = jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry0)
+    energies = None
+  y = _reset(to_y(carry), prob)
+  if record:
+    energies = jnp.concatenate([energies, energy_fn(y)[None]], axis=0)
+  return jax.lax.stop_gradient(y), energies
+
+
+def _run(logits, image, labels, *, relaxation, cross_entropy, neighborhood,
+         eta, lam, sigma_rgb, num_steps, step_size, optimizer, record):
+  _check_options(relaxation, cross_entropy, neighborhood, num_steps)
+  validate_inputs(logits, image, labels)
+  f32 = lambda v: jnp.asarray(v, jnp.float32)
+  return _solve(
+      logits, image, labels, f32(eta), f32(lam), f32(sigma_rgb), f32(step_size),
+      relaxation=relaxation, cross_entropy=cross_entropy,
+      neighborhood=neighborhood, num_steps=int(num_steps), optimizer=optimizer,
+      record=record,
+  )
+
+
+def solve(
+    logits: Array,
+    image: Array,
+    labels: Array,
+    *,
+    relaxation: str = "cd",
+    cross_entropy: str = "cce",
+    neighborhood: str = "nn4",
+    eta: float = 0.3,
+    lam: float = 6.0,
+    sigma_rgb: float = 9.0,
+    num_steps: int = 200,
+    step_size: float = 0.075,
+    optimizer: optax.GradientTransformation | None = None,
+) -> Array:
+  """Soft pseudo-labels for one batch (paper Appendix B).
+
+  Jitted; changing ``eta``, ``lam``, ``sigma_rgb`` or ``step_size`` does not
+  retrace, changing a name, ``num_steps`` or the optimizer object does. Usable
+  inside ``jit``, ``vmap`` and ``shard_map`` (it never communicates).
+
+  Args:
+    logits: ``[B, H, W, K]`` network logits; also the solver's initialisation.
+    image: ``[B, H, W, C]`` RGB in 0..255.
+    labels: ``[B, H, W]`` int: class, 255 unlabeled, 254 padding.
+    relaxation: Potts relaxation, see :func:`potts_jax.potts.relaxation`.
+    cross_entropy: H, see :func:`potts_jax.losses.cross_entropy`.
+    neighborhood: ``nn4`` or ``nn8`` (``dense`` raises NotImplementedError).
+    eta: weight of the cross-entropy term.
+    lam: weight of the Potts term.
+    sigma_rgb: colour bandwidth of the affinities.
+    num_steps: number of gradient steps (static).
+    step_size: plain gradient-descent step on the logits.
+    optimizer: optional optax transformation used instead of plain descent
+      (``step_size`` is then ignored; build it once and reuse it, as a new
+      object retraces).
+
+  Returns:
+    ``[B, H, W, K]`` float32 pseudo-labels on the simplex, scribbled pixels
+    one-hot, no gradient.
+  """
+  y, _ = _run(
+      logits, image, labels, relaxation=relaxation, cross_entropy=cross_entropy,
+      neighborhood=neighborhood, eta=eta, lam=lam, sigma_rgb=sigma_rgb,
+      num_steps=num_steps, step_size=step_size, optimizer=optimizer,
+      record=False,
+  )
+  return y
+
+
+def solve_with_energies(logits: Array, image: Array, labels: Array, **options):
+  """Like :func:`solve`, also returning the energy after every step.
+
+  Returns:
+    ``(y, energies)``: ``y`` ``[B, H, W, K]`` and ``energies``
+    ``[num_steps + 1, B]``, ``energies[t]`` the energy after ``t`` steps.
+  """
+  full = dict(relaxation="cd", cross_entropy="cce", neighborhood="nn4",
+              eta=0.3, lam=6.0, sigma_rgb=9.0, num_steps=200, step_size=0.075,
+              optimizer=None)
+  unknown = set(options) - set(full)
+  if unknown:
+    raise TypeError(f"unknown solver option(s) {sorted(unknown)}")
+  full.update(options)
+  return _run(logits, image, labels, record=True, **full)
+
+
+def energy(
+    y: Array,
+    logits: Array,
+    image: Array,
+    labels: Array,
+    *,
+    relaxation: str = "cd",
+    cross_entropy: str = "cce",
+    neighborhood: str = "nn4",
+    eta: float = 0.3,
+    lam: float = 6.0,
+    sigma_rgb: float = 9.0,
+    **unused: Any,
+) -> Array:
+  """E(y) per image, the objective :func:`solve` minimises.
+
+  ``η Σ_{i valid, unlabeled} H(σ_i, y_i) + λ Σ_{(i,j)} w_ij P(y_i, y_j)`` with
+  ``σ = softmax(logits)``. ``y`` is taken as given (no scribble reset).
+  Solver-only options (``num_steps``, ``step_size``, ``optimizer``) are
+  accepted and ignored so that one options dict serves both functions.
+
+  Returns:
+    ``[B]`` float32.
+  """
+  extra = set(unused) - {"num_steps", "step_size", "optimizer"}
+  if extra:
+    raise TypeError(f"unknown energy option(s) {sorted(extra)}")
+  potts.check_name(relaxation)
+  losses.check_name(cross_entropy)
+  neighborhoods.check_name(neighborhood)
+  validate_inputs(logits, image, labels)
+  if np.shape(y) != np.shape(logits):
+    raise ValueError(
+        f"y must have the shape of logits {np.shape(logits)}; got {np.shape(y)}"
+    )
+  prob = _problem(jnp.asarray(logits), image, labels, neighborhood, sigma_rgb,
+                  eta, lam)
+  return _energy_value(
+      jnp.asarray(y, jnp.float32), prob, relaxation, cross_entropy
+  )
+
+
+def hard_labels(y: Array) -> Array:
+  """``onehot(argmax y)``: hard pseudo-labels for hard self-labeling.
+
+  Args:
+    y: ``[..., K]`` soft labels.
+
+  Returns:
+    ``[..., K]`` float32 one-hot.
+  """
+  return jax.nn.one_hot(jnp.argmax(y, axis=-1), y.shape[-1], dtype=jnp.float32)
