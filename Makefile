@@ -5,8 +5,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.potts_jax-installed
-# JAX's persistent compilation cache lives in the venv, never in the repo.
-export JAX_COMPILATION_CACHE_DIR := $(abspath $(VENV))/jax-cache
+# JAX's persistent compilation cache: a user cache dir, never the repo.
+export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/potts_jax/jax-cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0.5
 
 .PHONY: demo test bench clean

@@ -26,6 +26,9 @@ Array = jnp.ndarray
 
 PADDING = 254
 
+#: Largest offset a grid neighbourhood uses (the zero border of shifts).
+HALO = 1
+
 OFFSETS: dict[str, tuple[tuple[int, int], ...]] = {
     "nn4": ((0, 1), (1, 0)),
     "nn8": ((0, 1), (1, 0), (1, 1), (1, -1)),
@@ -62,18 +65,28 @@ def offsets_for(num_offsets: int) -> tuple[tuple[int, int], ...]:
 def shift(x: Array, dy: int, dx: int, axes: tuple[int, int] = (1, 2)) -> Array:
   """``out[.., r, c, ..] = x[.., r + dy, c + dx, ..]``, zero outside ``x``.
 
+  Implemented as a static slice of ``x`` zero-padded by ``HALO`` on every
+  side. All shifts of one array share that padded copy (XLA merges the
+  identical pads), so a step that needs four neighbours of ``y`` writes one
+  padded ``y`` and reads it through four slices, which fuse into their
+  consumers; a pad per shift would materialise every shifted copy on CPU.
+
   Args:
     x: array whose ``axes`` are the image rows and columns.
-    dy, dx: static offsets.
+    dy, dx: static offsets with ``|dy|, |dx| <= HALO``.
     axes: positions of the row and column axes.
 
   Returns:
     Array of the shape of ``x``.
   """
-  config = [(0, 0, 0)] * x.ndim
-  config[axes[0]] = (-dy, dy, 0)
-  config[axes[1]] = (-dx, dx, 0)
-  return jax.lax.pad(x, jnp.zeros((), x.dtype), config)
+  if max(abs(dy), abs(dx)) > HALO:
+    raise ValueError(f"shift ({dy}, {dx}) exceeds the halo {HALO}")
+  widths = [(0, 0)] * x.ndim
+  widths[axes[0]] = widths[axes[1]] = (HALO, HALO)
+  padded = jnp.pad(x, widths)
+  start = [0] * x.ndim
+  start[axes[0]], start[axes[1]] = HALO + dy, HALO + dx
+  return jax.lax.slice(padded, start, [b + n for b, n in zip(start, x.shape)])
 
 
 def pair_mask(labels: Array, neighborhood: str = "nn4") -> Array:

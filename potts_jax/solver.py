@@ -226,7 +226,8 @@ def _solve(
       return v, 1.0 / jnp.sum(v, axis=-1)
 
     y0 = _reset(prob.sigma, prob)
-    carry0 = (y0, jnp.ones(y0.shape[:-1], y0.dtype))
+    carry0 = (y0, 1.0 / jnp.sum(y0, axis=-1))  # ~1; derived from y0 so
+    # that it has y0's sharding type inside shard_map.
   else:
     def to_y(carry):
       return _reset(jax.nn.softmax(carry[0]), prob)

@@ -22,7 +22,7 @@ jax.config.update("jax_enable_x64", False)
 if not jax.config.jax_compilation_cache_dir:
   jax.config.update(
       "jax_compilation_cache_dir",
-      os.path.join(os.path.expanduser("~"), ".cache", "potts_jax", "jax"),
+      os.path.join(os.path.expanduser("~"), ".cache", "potts_jax", "jax-cache"),
   )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

@@ -1,0 +1,266 @@
+"""Tests of potts_jax.solver: iterates, energy, constraints, transforms, errors."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from potts_jax import solver
+
+RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
+CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
+
+
+def _problem(b=2, h=7, w=9, k=4, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(b, h, w, k)).astype(np.float32) * 2.0
+  image = rng.uniform(0, 255, size=(b, h, w, 3)).astype(np.float32)
+  # Smooth the image a little so that affinities are not all tiny.
+  image[:, :, 1:] = 0.5 * (image[:, :, 1:] + image[:, :, :-1])
+  labels = np.full((b, h, w), 255, np.int32)
+  labels[:, 1, 1:4] = 0
+  labels[:, 4, 2:6] = k - 1
+  labels[0, 5, 6] = 1
+  labels[:, :, -1] = 254  # a padding column
+  labels[1, -1, :] = 254
+  return logits, image, labels
+
+
+# An independent energy, written from ARCHITECTURE §3 with explicit slices.
+def _reference_energy(y, logits, image, labels, relaxation, cross_entropy,
+                      diagonals=False, eta=0.3, lam=6.0, sigma_rgb=9.0):
+  eps = 1e-30
+  log = lambda x: jnp.log(jnp.maximum(x, eps))
+  sigma = jax.nn.softmax(logits, -1)
+  dot = lambda p, q: jnp.sum(p * q, -1)
+  norm = lambda p: jnp.sqrt(dot(p, p))
+  pair = {
+      "bl": lambda p, q: 1 - dot(p, q),
+      "q": lambda p, q: 0.5 * dot(p - q, p - q),
+      "nq": lambda p, q: 1 - dot(p, q) / (norm(p) * norm(q)),
+      "cce": lambda p, q: -log(dot(p, q)),
+      "cd": lambda p, q: -log(dot(p, q)) + log(norm(p)) + log(norm(q)),
+      "lq": lambda p, q: -log(1 - 0.5 * dot(p - q, p - q)),
+  }[relaxation]
+  unary = {
+      "ce": lambda s, v: -jnp.sum(v * log(s), -1),
+      "rce": lambda s, v: -jnp.sum(s * log(v), -1),
+      "cce": lambda s, v: -log(dot(s, v)),
+      "q": lambda s, v: 0.5 * dot(s - v, s - v),
+  }[cross_entropy]
+  total = eta * jnp.sum((labels == 255) * unary(sigma, y), axis=(1, 2))
+  valid = labels != 254
+  h, w = labels.shape[1:]
+  steps = [(0, 1, 1.0), (1, 0, 1.0)]
+  if diagonals:
+    steps += [(1, 1, 2**-0.5), (1, -1, 2**-0.5)]
+  for dy, dx, scale in steps:
+    c0, c1 = max(0, -dx), w - max(0, dx)
+    a = (slice(None), slice(0, h - dy), slice(c0, c1))
+    b = (slice(None), slice(dy, h), slice(c0 + dx, c1 + dx))
+    diff = jnp.sum((image[a] - image[b]) ** 2, -1)
+    weight = scale * jnp.exp(-diff / (2 * sigma_rgb**2)) * valid[a] * valid[b]
+    total += lam * jnp.sum(weight * pair(y[a], y[b]), axis=(1, 2))
+  return total
+
+
+def _autodiff_solve(logits, image, labels, relaxation, cross_entropy,
+                    num_steps, step_size=0.075, diagonals=False):
+  """The textbook loop: jax.grad through softmax and the scribble reset."""
+  k = logits.shape[-1]
+  labeled = (labels < 254)[..., None]
+  onehot = jax.nn.one_hot(np.where(labels < 254, labels, 0), k)
+  to_y = lambda l: jnp.where(labeled, onehot, jax.nn.softmax(l, -1))
+  loss = lambda l: jnp.sum(_reference_energy(
+      to_y(l), logits, image, labels, relaxation, cross_entropy, diagonals))
+  step = jax.jit(lambda l: l - step_size * jax.grad(loss)(l))
+  l = jnp.asarray(logits)
+  for _ in range(num_steps):
+    l = step(l)
+  return to_y(l)
+
+
+# Every relaxation on both grids with H_CCE, every cross-entropy with P_CD.
+_COMBOS = ([(r, "cce", n) for r in RELAXATIONS for n in ("nn4", "nn8")]
+           + [("cd", c, "nn4") for c in CROSS_ENTROPIES if c != "cce"])
+
+
+@pytest.mark.parametrize("relaxation, cross_entropy, neighborhood", _COMBOS)
+def test_iterates_match_autodiff(relaxation, cross_entropy, neighborhood):
+  logits, image, labels = _problem()
+  y = solver.solve(logits, image, labels, relaxation=relaxation,
+                   cross_entropy=cross_entropy, neighborhood=neighborhood,
+                   num_steps=3)
+  expected = _autodiff_solve(logits, image, labels, relaxation, cross_entropy,
+                             3, diagonals=neighborhood == "nn8")
+  chex.assert_trees_all_close(y, expected, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("relaxation", RELAXATIONS)
+def test_energy_equals_reference(relaxation):
+  logits, image, labels = _problem(seed=1)
+  y = jax.nn.softmax(np.random.default_rng(2).normal(size=logits.shape), -1)
+  for cross_entropy in CROSS_ENTROPIES:
+    for neighborhood in ("nn4", "nn8"):
+      got = solver.energy(y, logits, image, labels, relaxation=relaxation,
+                          cross_entropy=cross_entropy,
+                          neighborhood=neighborhood, eta=0.7, lam=2.0,
+                          sigma_rgb=20.0)
+      want = _reference_energy(y, logits, image, labels, relaxation,
+                               cross_entropy, neighborhood == "nn8", eta=0.7,
+                               lam=2.0, sigma_rgb=20.0)
+      chex.assert_shape(got, (2,))
+      chex.assert_trees_all_close(got, want, rtol=2e-5)
+
+
+def test_output_constraints():
+  logits, image, labels = _problem()
+  y = solver.solve(logits, image, labels, num_steps=30)
+  chex.assert_shape(y, logits.shape)
+  chex.assert_tree_all_finite(y)
+  assert np.all(np.asarray(y) >= 0)
+  np.testing.assert_allclose(np.sum(y, -1), 1.0, atol=1e-5)
+  labeled = labels < 254
+  onehot = np.eye(logits.shape[-1])[labels[labeled]]
+  np.testing.assert_array_equal(np.asarray(y)[labeled], onehot)
+  # Padding takes part in no term: its labels stay the network's softmax.
+  padding = labels == 254
+  np.testing.assert_allclose(np.asarray(y)[padding],
+                             np.asarray(jax.nn.softmax(logits))[padding],
+                             atol=1e-6)
+
+
+def test_solve_with_energies_matches_energy_of_solve():
+  logits, image, labels = _problem()
+  y, energies = solver.solve_with_energies(logits, image, labels, num_steps=12)
+  chex.assert_shape(energies, (13, 2))
+  for t in (0, 5, 12):
+    y_t = solver.solve(logits, image, labels, num_steps=t)
+    chex.assert_trees_all_close(
+        energies[t], solver.energy(y_t, logits, image, labels), rtol=1e-5)
+  chex.assert_trees_all_close(y, y_t)
+  assert np.all(np.diff(np.asarray(energies), axis=0) < 0)
+
+
+def test_optax_sgd_equals_plain_descent_and_adam_descends():
+  logits, image, labels = _problem()
+  plain = solver.solve(logits, image, labels, num_steps=20)
+  sgd = solver.solve(logits, image, labels, num_steps=20,
+                     optimizer=optax.sgd(0.075))
+  chex.assert_trees_all_close(plain, sgd, atol=2e-6)
+  adam = optax.adam(0.05)
+  _, energies = solver.solve_with_energies(logits, image, labels,
+                                           num_steps=40, optimizer=adam)
+  assert np.all(energies[-1] < energies[0])
+
+
+class JitTest(chex.TestCase):
+
+  @chex.variants(with_jit=True, without_jit=True)
+  def test_jit_and_no_jit_agree(self):
+    logits, image, labels = _problem()
+    fn = self.variant(functools.partial(solver.solve, num_steps=10))
+    chex.assert_trees_all_close(
+        fn(logits, image, labels),
+        solver.solve(logits, image, labels, num_steps=10), atol=1e-6)
+
+
+def test_changing_values_does_not_retrace():
+  logits, image, labels = _problem()
+  solver.solve(logits, image, labels, num_steps=3)
+  size = solver._solve._cache_size()
+  for eta, lam, step in ((0.1, 1.0, 0.01), (0.9, 3.0, 0.2)):
+    solver.solve(logits * 2, image, labels, num_steps=3, eta=eta, lam=lam,
+                 sigma_rgb=5.0, step_size=step)
+  assert solver._solve._cache_size() == size
+
+
+def test_vmap_over_an_outer_axis():
+  logits, image, labels = _problem()
+  stacked = jax.tree.map(lambda x: np.stack([x, x[::-1]]),
+                         (logits, image, labels))
+  fn = functools.partial(solver.solve, num_steps=6)
+  got = jax.vmap(fn)(*stacked)
+  chex.assert_trees_all_close(got[0], fn(logits, image, labels), atol=1e-6)
+  chex.assert_trees_all_close(
+      got[1], fn(logits[::-1], image[::-1], labels[::-1]), atol=1e-6)
+
+
+def test_inside_shard_map_equals_unsharded():
+  devices = np.array(jax.devices()[:2])
+  assert len(devices) == 2, "conftest.py sets fake CPU devices"
+  mesh = jax.sharding.Mesh(devices, ("data",))
+  spec = jax.sharding.PartitionSpec("data")
+  logits, image, labels = _problem(b=4)
+  fn = functools.partial(solver.solve, num_steps=6)
+  shard_map = getattr(jax, "shard_map", None)
+  if shard_map is None:  # jax < 0.7 kept it in experimental.
+    from jax.experimental.shard_map import shard_map
+  sharded = jax.jit(shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec),
+                              out_specs=spec))
+  chex.assert_trees_all_close(sharded(logits, image, labels),
+                              fn(logits, image, labels), atol=1e-6)
+
+
+def test_gradient_does_not_flow_into_logits():
+  logits, image, labels = _problem()
+  grad = jax.grad(lambda l: jnp.sum(
+      solver.solve(l, image, labels, num_steps=3) ** 2))(jnp.asarray(logits))
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_hard_labels():
+  y = jax.nn.softmax(np.random.default_rng(0).normal(size=(2, 3, 4, 5)), -1)
+  hard = solver.hard_labels(y)
+  chex.assert_shape(hard, y.shape)
+  np.testing.assert_array_equal(np.argmax(hard, -1), np.argmax(y, -1))
+  np.testing.assert_array_equal(np.sum(hard, -1), 1.0)
+
+
+def test_extreme_logits_stay_finite():
+  logits, image, labels = _problem()
+  logits = np.where(np.random.default_rng(0).random(logits.shape) > 0.5,
+                    1e4, -1e4).astype(np.float32)
+  for relaxation in RELAXATIONS:
+    y = solver.solve(logits, image, labels, relaxation=relaxation,
+                     num_steps=5)
+    chex.assert_tree_all_finite(y)
+    chex.assert_tree_all_finite(solver.energy(y, logits, image, labels,
+                                              relaxation=relaxation))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (lambda l, i, s: (l, i, np.where(s == 0, 7, s)), r"\[7\].*0\.\.3"),
+    (lambda l, i, s: (l, i, np.where(s == 0, -1, s)), r"\[-1\]"),
+    (lambda l, i, s: (l, i, np.where(s == 0, 253, s)), r"\[253\]"),
+    (lambda l, i, s: (l[..., 0], i, s), r"logits must be \[B, H, W, K\]"),
+    (lambda l, i, s: (l, i[:, :-1], s), r"image must be"),
+    (lambda l, i, s: (l, i, s[:1]), r"labels must be \[B, H, W\]"),
+    (lambda l, i, s: (l, i, s.astype(np.float32)), r"labels must be integers"),
+])
+def test_bad_inputs_name_the_problem(bad, match):
+  args = bad(*_problem())
+  with pytest.raises(ValueError, match=match):
+    solver.solve(*args, num_steps=1)
+
+
+def test_bad_options_name_the_problem():
+  logits, image, labels = _problem()
+  with pytest.raises(ValueError, match="'xx'.*bl"):
+    solver.solve(logits, image, labels, relaxation="xx")
+  with pytest.raises(ValueError, match="'kl'.*cce"):
+    solver.solve(logits, image, labels, cross_entropy="kl")
+  with pytest.raises(ValueError, match="'nn6'"):
+    solver.solve(logits, image, labels, neighborhood="nn6")
+  with pytest.raises(NotImplementedError, match="bilateral"):
+    solver.solve(logits, image, labels, neighborhood="dense")
+  with pytest.raises(ValueError, match="num_steps"):
+    solver.solve(logits, image, labels, num_steps=-1)
+  with pytest.raises(TypeError, match="stepsize"):
+    solver.solve_with_energies(logits, image, labels, stepsize=0.1)
+  with pytest.raises(ValueError, match="y must have the shape"):
+    solver.energy(logits[..., :2], logits, image, labels)
