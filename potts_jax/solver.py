@@ -133,54 +133,98 @@ def _reset(y: Array, prob: _Problem) -> Array:
   return jnp.where(prob.labeled, prob.onehot, y)
 
 
-# Unary terms: for H(σ, y) with weight m = η·[valid unlabeled], the solver
-# needs y ⊙ ∂(mH)/∂y [B, H, W, K] and yᵀ∂(mH)/∂y [B, H, W]. Each is written
-# from per-pixel sums so that the update pass needs no reduction over K; the
-# guard of each log follows the library's safe_log (zero slope below EPS).
-def _unary_cce(y, prob, stats):
-  u = jnp.sum(prob.sigma * y, axis=-1)  # σᵀy
-  _, vjp = jax.vjp(lambda v: -potts.safe_log(v), u)
+# Unary terms. For H(σ, y) with weight m = η·[valid unlabeled] and y = r v
+# (see _energy_terms), each entry gives (a) the K-sized products whose channel
+# sums it needs, computed in the same pass as the pair sums, and (b) from
+# those sums, y ⊙ ∂(mH)/∂y [B, H, W, K] and yᵀ∂(mH)/∂y [B, H, W]. No second
+# reduction over K is needed. Guards follow potts.safe_log (zero slope below
+# EPS); for H_RCE the guard tests the unnormalised v = y·Σv (Σv ≈ 1).
+def _cce_products(v, prob):
+  return (prob.sigma * v,)
+
+
+def _cce_terms(v, r, prob, stats, sums):
+  del stats
+  u = sums[0] * r  # σᵀy
+  _, vjp = jax.vjp(lambda x: -potts.safe_log(x), u)
   c = vjp(prob.unary_weight)[0]  # -m/u
-  return c[..., None] * prob.sigma * y, c * u
+  return (c * r)[..., None] * prob.sigma * v, c * u
 
 
-def _unary_ce(y, prob, stats):
+def _ce_products(v, prob):
+  return (v * prob.log_sigma,)
+
+
+def _ce_terms(v, r, prob, stats, sums):
   del stats
-  ydg = -prob.unary_weight[..., None] * y * prob.log_sigma
-  return ydg, jnp.sum(ydg, axis=-1)
-
-
-def _unary_rce(y, prob, stats):
-  del stats
-  ydg = -prob.unary_weight[..., None] * prob.sigma * (y > potts.EPS)
-  return ydg, jnp.sum(ydg, axis=-1)
-
-
-def _unary_q(y, prob, stats):
   m = prob.unary_weight
-  u = jnp.sum(prob.sigma * y, axis=-1)
-  return m[..., None] * y * (y - prob.sigma), m * (stats.a - u)
+  return -(m * r)[..., None] * v * prob.log_sigma, -m * r * sums[0]
 
 
-_UNARY = {"cce": _unary_cce, "ce": _unary_ce, "rce": _unary_rce,
-          "q": _unary_q}
+def _rce_products(v, prob):
+  return (prob.sigma * (v > potts.EPS),)
 
 
-def _energy_terms(y, prob, relaxation, cross_entropy):
-  """``(y ⊙ ∂E/∂y, yᵀ∂E/∂y)`` for ``y`` ``[B, H, W, K]`` with the reset."""
+def _rce_terms(v, r, prob, stats, sums):
+  del r, stats
+  m = prob.unary_weight
+  return -m[..., None] * prob.sigma * (v > potts.EPS), -m * sums[0]
+
+
+def _q_terms(v, r, prob, stats, sums):
+  m = prob.unary_weight
+  y = r[..., None] * v
+  return m[..., None] * y * (y - prob.sigma), m * (stats.a - sums[0] * r)
+
+
+_UNARY = {
+    "cce": (_cce_products, _cce_terms),
+    "ce": (_ce_products, _ce_terms),
+    "rce": (_rce_products, _rce_terms),
+    "q": (_cce_products, _q_terms),  # also needs σᵀv
+}
+
+
+def _energy_terms(v, prob, relaxation, cross_entropy):
+  """``y ⊙ ∂E/∂y``, ``yᵀ∂E/∂y`` and ``r`` for ``y = r v``, ``r = 1/Σ_k v``.
+
+  Every reduction over ``K`` of the step happens here, in one pass
+  (:func:`neighborhoods.channel_sums`) over ``v``, its shifts and ``σ``.
+
+  Args:
+    v: ``[B, H, W, K]`` nonnegative, unnormalised iterate.
+    prob: the problem.
+    relaxation, cross_entropy: names.
+
+  Returns:
+    ``(ydg [B, H, W, K], ydotg [B, H, W], r [B, H, W])``.
+  """
   offsets = neighborhoods.offsets_for(len(prob.weights))
-  stats = neighborhoods.pair_stats(y, offsets)
-  ydg, ydotg = neighborhoods.potts_terms(
-      y, stats, prob.weights, offsets, potts.STATS[relaxation]
+  products, terms = _UNARY[cross_entropy]
+  unary_products = products(v, prob)
+  sums = neighborhoods.channel_sums(
+      [v, v * v]
+      + [v * neighborhoods.shift(v, dy, dx) for dy, dx in offsets]
+      + list(unary_products)
   )
-  u_ydg, u_ydotg = _UNARY[cross_entropy](y, prob, stats)
-  return ydg + u_ydg, ydotg + u_ydotg
+  r = 1.0 / sums[0]
+  stats = neighborhoods.PairStats(
+      a=sums[1] * r * r,
+      s=tuple(s * r * neighborhoods.shift(r, dy, dx)
+              for s, (dy, dx) in zip(sums[2:], offsets)),
+  )
+  ydg, ydotg = neighborhoods.potts_terms(
+      v, r, stats, prob.weights, offsets, potts.STATS[relaxation]
+  )
+  u_ydg, u_ydotg = terms(v, r, prob, stats, sums[2 + len(offsets):])
+  return ydg + u_ydg, ydotg + u_ydotg, r
 
 
-def _logit_gradient(y, prob, relaxation, cross_entropy):
-  """``∂E/∂l`` at ``y = reset(softmax(l))``: ``y ⊙ (g - yᵀg)``, 0 where reset."""
-  ydg, ydotg = _energy_terms(y, prob, relaxation, cross_entropy)
-  return prob.free[..., None] * (ydg - y * ydotg[..., None])
+def _logit_step(v, prob, relaxation, cross_entropy):
+  """``(∂E/∂l, r)`` at ``y = r v``: ``y ⊙ (g - yᵀg)``, 0 where reset."""
+  ydg, ydotg, r = _energy_terms(v, prob, relaxation, cross_entropy)
+  y = r[..., None] * v
+  return prob.free[..., None] * (ydg - y * ydotg[..., None]), r
 
 
 def _energy_value(y, prob, relaxation, cross_entropy):
@@ -207,34 +251,34 @@ def _solve(
   """The loop. Plain descent runs on ``y`` directly (see :func:`solve`)."""
   prob = _problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam)
   logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
-  grad_fn = functools.partial(
-      _logit_gradient, prob=prob, relaxation=relaxation,
+  step_terms = functools.partial(
+      _logit_step, prob=prob, relaxation=relaxation,
       cross_entropy=cross_entropy,
   )
 
   if optimizer is None:
     # l ← l - t ∂E/∂l  ⇔  y ← y ⊙ exp(-t ∂E/∂l) / Σ_k(...), exactly, since
-    # softmax(l + δ) ∝ softmax(l) ⊙ exp(δ). The carry is (v, 1/Σv) with
-    # y = v / Σv: one exp per element and step, no max/sum of a softmax.
-    def to_y(carry):
-      v, inv = carry
-      return v * inv[..., None]
+    # softmax(l + δ) ∝ softmax(l) ⊙ exp(δ). The carry is the unnormalised
+    # v = y ⊙ exp(δ); the next step's single reduction pass gets Σv with the
+    # other sums, so the loop never writes a normalised copy: one exp per
+    # element and step, no softmax max/sum passes. Labeled pixels stay
+    # one-hot because their step is zero.
+    def to_y(v):
+      return v / jnp.sum(v, axis=-1, keepdims=True)
 
-    def step(carry):
-      y = to_y(carry)
-      v = y * jnp.exp(-step_size * grad_fn(y))
-      return v, 1.0 / jnp.sum(v, axis=-1)
+    def step(v):
+      grad, r = step_terms(v)
+      return r[..., None] * v * jnp.exp(-step_size * grad)
 
-    y0 = _reset(prob.sigma, prob)
-    carry0 = (y0, 1.0 / jnp.sum(y0, axis=-1))  # ~1; derived from y0 so
-    # that it has y0's sharding type inside shard_map.
+    carry0 = _reset(prob.sigma, prob)
   else:
     def to_y(carry):
       return _reset(jax.nn.softmax(carry[0]), prob)
 
     def step(carry):
       l, state = carry
-      updates, state = optimizer.update(grad_fn(to_y(carry)), state, l)
+      grad, _ = step_terms(to_y(carry))
+      updates, state = optimizer.update(grad, state, l)
       return optax.apply_updates(l, updates), state
 
     carry0 = (logits, optimizer.init(logits))

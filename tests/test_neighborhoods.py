@@ -445,27 +445,25 @@ def test_potts_terms_match_finite_differences(neighborhood):
         rel_tol=1e-12,
     )
     fd = _fd_gradient(y64, idx, w, relaxation)
-    for channel_axis in (-1, 1):
-      y_in = jnp.asarray(y if channel_axis == -1 else np.moveaxis(y, -1, 1))
-      stats = neighborhoods.pair_stats(y_in, offsets, channel_axis=channel_axis)
+    # y given as r·v with an arbitrary positive per-pixel scale, as the
+    # solver passes its unnormalised iterate.
+    for scale in (np.ones(SHAPE), rng.uniform(0.5, 2.0, SHAPE)):
+      v = jnp.asarray(y * scale[..., None], jnp.float32)
+      r = jnp.asarray(1.0 / scale, jnp.float32)
+      y_in = jnp.asarray(y)
+      sums = neighborhoods.channel_sums(
+          [y_in * y_in]
+          + [y_in * neighborhoods.shift(y_in, dy, dx) for dy, dx in offsets])
+      stats = neighborhoods.PairStats(a=sums[0], s=sums[1:])
       ydg, ydotg = neighborhoods.potts_terms(
-          y_in,
-          stats,
-          planes,
-          offsets,
-          potts.STATS[relaxation],
-          channel_axis=channel_axis,
-      )
-      assert ydg.shape == y_in.shape and ydotg.shape == SHAPE
+          v, r, stats, planes, offsets, potts.STATS[relaxation])
+      assert ydg.shape == y.shape and ydotg.shape == SHAPE
       ydg = np.asarray(ydg, np.float64)
-      if channel_axis == 1:
-        ydg = np.moveaxis(ydg, 1, -1)
-      msg = f"{relaxation} channel_axis={channel_axis}"
+      msg = f"{relaxation} scaled={scale.std() > 0}"
       np.testing.assert_allclose(
           ydg, y64 * fd, rtol=1e-4, atol=1e-5, err_msg=msg
       )
       np.testing.assert_allclose(
           ydotg, np.sum(y64 * fd, -1), rtol=1e-4, atol=1e-5, err_msg=msg
       )
-      # Padding pixels take part in no pair.
       np.testing.assert_array_equal(ydg[labels == PADDING], 0.0)
