@@ -27,14 +27,19 @@ import statistics
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from potts_jax import xla_flags  # noqa: E402
+
+if "--hoisted-loops" not in sys.argv:
+  xla_flags.prefer_threaded_cpu_loops()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
 from potts_jax import neighborhoods, potts, solver  # noqa: E402
 
-STEPS = int(os.environ.get("BENCH_STEPS", 200))
+STEPS = 200  # set by --steps
 ETA, LAM, SIGMA_RGB, STEP = 0.3, 6.0, 9.0, 0.075
 
 
@@ -154,7 +159,20 @@ def measure(shape, neighborhood, repeats, baseline):
   return row
 
 
+def _done(path, jax_version):
+  """Measurements already in ``path`` (JSON lines) for this jax version."""
+  done = set()
+  if path and os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        row = json.loads(line)
+        if "shape" in row and row.get("jax") == jax_version:
+          done.add((tuple(row["shape"]), row["neighborhood"], row["steps"]))
+  return done
+
+
 def main():
+  global STEPS
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shapes", default="2x128x128x21,4x256x256x21,"
                       "12x256x256x21", help="comma-separated BxHxWxK")
@@ -162,20 +180,36 @@ def main():
                       help="also (12,513,513,21)")
   parser.add_argument("--neighborhoods", default="nn4,nn8")
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--out", default="",
+                      help="also append rows to this JSON-lines file and skip "
+                      "measurements it already holds (resumable)")
   parser.add_argument("--no-baseline", action="store_true")
+  parser.add_argument("--hoisted-loops", action="store_true",
+                      help="keep XLA's default small-while-loop hoisting "
+                      "(see potts_jax/xla_flags.py)")
   args = parser.parse_args()
+  STEPS = args.steps
   shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
   if args.large:
     shapes.append((12, 513, 513, 21))
-  print(json.dumps(dict(
+  header = dict(
       machine=platform.processor() or platform.machine(),
       cpus=os.cpu_count(), jax=jax.__version__, backend=jax.default_backend(),
       devices=str(jax.devices()[0]),
-      xla_flags=os.environ.get("XLA_FLAGS", ""))), flush=True)
+      xla_flags=os.environ.get("XLA_FLAGS", ""))
+  print(json.dumps(header), flush=True)
+  done = _done(args.out, jax.__version__)
   for shape in shapes:
     for nb in args.neighborhoods.split(","):
-      print(json.dumps(measure(shape, nb, args.repeats, not args.no_baseline)),
-            flush=True)
+      if (shape, nb, STEPS) in done:
+        continue
+      row = measure(shape, nb, args.repeats, not args.no_baseline)
+      row.update(jax=jax.__version__, xla_flags=header["xla_flags"])
+      print(json.dumps(row), flush=True)
+      if args.out:
+        with open(args.out, "a") as f:
+          f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

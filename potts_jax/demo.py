@@ -30,6 +30,7 @@ import numpy as np
 
 from potts_jax import solver
 from potts_jax import viz
+from potts_jax import xla_flags
 
 _OUT = flags.DEFINE_string("out", "demo_out", "Output folder.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Solver steps.")
@@ -134,4 +135,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  xla_flags.prefer_threaded_cpu_loops()
   app.run(main)

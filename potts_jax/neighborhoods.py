@@ -185,6 +185,63 @@ class PairStats(NamedTuple):
   s: tuple  # per offset, [B, H, W] y_iᵀy_{i+o}.
 
 
+def potts_coefficients(
+    r: Array,
+    stats: PairStats,
+    weights: Sequence[Array],
+    offsets: Sequence[tuple[int, int]],
+    stats_fn: Callable[[Array, Array, Array], Array],
+) -> tuple[tuple, Array, Array]:
+  """Per-pixel coefficients of the gradient of ``P = Σ w_ij P(y_i, y_j)``.
+
+  With ``P = f(s, a, b)``, ``s = y_iᵀy_j``, ``a = ‖y_i‖²``, ``b = ‖y_j‖²``:
+  ``∂P/∂y_i = f_s y_j + 2 f_a y_i`` and ``∂P/∂y_j = f_s y_i + 2 f_b y_j``.
+  The scalar partials come from one ``jax.vjp`` of ``f`` per offset on
+  ``[B, H, W]`` planes. For ``y = r v`` (``v`` unnormalised, ``r`` a per-pixel
+  scale) the gradient at pixel ``i`` is
+
+  ``g_i = Σ_d c_d[i] v_{i+d} + 2 diag[i] r[i] v_i``
+
+  over the directions ``d`` (each offset and its opposite), and ``y_iᵀg_i``
+  follows from the same scalars without another reduction over ``K``.
+
+  Args:
+    r: ``[B, H, W]`` scale, ``y = r[..., None] * v``.
+    stats: :class:`PairStats` of ``y``.
+    weights: per offset, ``[B, H, W]`` weights (0 where no pair).
+    offsets: the ``(dy, dx)`` of each weight plane.
+    stats_fn: the ``(s, a, b)`` form of the relaxation (``potts.STATS``).
+
+  Returns:
+    ``(coefficients, diag, ydotg)``: ``coefficients`` a tuple of
+    ``((dy, dx), c_d [B, H, W])``, ``diag`` and ``ydotg = y_iᵀg_i``
+    ``[B, H, W]``.
+  """
+  diag = jnp.zeros_like(stats.a)
+  ydotg = jnp.zeros_like(stats.a)
+  coefficients = []
+  for w, s, (dy, dx) in zip(weights, stats.s, offsets):
+    _, vjp = jax.vjp(stats_fn, s, stats.a, shift(stats.a, dy, dx))
+    f_s, f_a, f_b = vjp(w)
+    f_s_back = shift(f_s, -dy, -dx)  # f_s of the pair (i - o, i)
+    coefficients.append(((dy, dx), f_s * shift(r, dy, dx)))
+    coefficients.append(((-dy, -dx), f_s_back * shift(r, -dy, -dx)))
+    diag = diag + f_a + shift(f_b, -dy, -dx)
+    ydotg = ydotg + f_s * s + f_s_back * shift(s, -dy, -dx)
+  ydotg = ydotg + 2.0 * diag * stats.a
+  return tuple(coefficients), diag, ydotg
+
+
+def apply_coefficients(
+    v: Array, r: Array, coefficients: Sequence, diag: Array
+) -> Array:
+  """``g`` of :func:`potts_coefficients`: ``[B, H, W, K]`` from ``v``."""
+  g = (2.0 * diag * r)[..., None] * v
+  for (dy, dx), c in coefficients:
+    g = g + c[..., None] * shift(v, dy, dx)
+  return g
+
+
 def potts_terms(
     v: Array,
     r: Array,
@@ -193,39 +250,12 @@ def potts_terms(
     offsets: Sequence[tuple[int, int]],
     stats_fn: Callable[[Array, Array, Array], Array],
 ) -> tuple[Array, Array]:
-  """Analytic ``y ⊙ ∂P/∂y`` and ``yᵀ∂P/∂y`` of ``P = Σ w_ij P(y_i, y_j)``.
+  """``y ⊙ ∂P/∂y`` ``[B, H, W, K]`` and ``yᵀ∂P/∂y`` ``[B, H, W]``, ``y = r v``.
 
-  With ``P = f(s, a, b)``, ``s = y_iᵀy_j``, ``a = ‖y_i‖²``, ``b = ‖y_j‖²``:
-  ``∂P/∂y_i = f_s y_j + 2 f_a y_i`` and ``∂P/∂y_j = f_s y_i + 2 f_b y_j``.
-  The scalar partials come from one ``jax.vjp`` of ``f`` per offset on
-  ``[B, H, W]`` planes, and ``yᵀ∂P/∂y`` follows from the same scalars, so the
-  only ``K``-sized work is one elementwise pass over ``v`` and its shifts.
-
-  ``y`` is given as ``y = r v`` (``v`` unnormalised, ``r`` a per-pixel scale),
-  which lets the solver skip writing a normalised copy of its iterate.
-
-  Args:
-    v: ``[B, H, W, K]``.
-    r: ``[B, H, W]`` scale, ``y = r[..., None] * v``.
-    stats: :class:`PairStats` of ``y``.
-    weights: per offset, ``[B, H, W]`` weights (0 where no pair).
-    offsets: the ``(dy, dx)`` of each weight plane.
-    stats_fn: the ``(s, a, b)`` form of the relaxation (``potts.STATS``).
-
-  Returns:
-    ``(y ⊙ ∂P/∂y`` ``[B, H, W, K]``, ``yᵀ∂P/∂y`` ``[B, H, W])``.
+  See :func:`potts_coefficients` for the arguments.
   """
-  diag = jnp.zeros_like(stats.a)
-  ydotg = jnp.zeros_like(stats.a)
-  cross = 0.0
-  for w, s, (dy, dx) in zip(weights, stats.s, offsets):
-    _, vjp = jax.vjp(stats_fn, s, stats.a, shift(stats.a, dy, dx))
-    f_s, f_a, f_b = vjp(w)
-    f_s_back = shift(f_s, -dy, -dx)  # f_s of the pair (i - o, i)
-    cross = (cross + (f_s * shift(r, dy, dx))[..., None] * shift(v, dy, dx)
-             + (f_s_back * shift(r, -dy, -dx))[..., None] * shift(v, -dy, -dx))
-    diag = diag + f_a + shift(f_b, -dy, -dx)
-    ydotg = ydotg + f_s * s + f_s_back * shift(s, -dy, -dx)
-  ydotg = ydotg + 2.0 * diag * stats.a
-  ydg = r[..., None] * v * (cross + (2.0 * diag * r)[..., None] * v)
-  return ydg, ydotg
+  coefficients, diag, ydotg = potts_coefficients(
+      r, stats, weights, offsets, stats_fn
+  )
+  g = apply_coefficients(v, r, coefficients, diag)
+  return r[..., None] * v * g, ydotg

@@ -134,62 +134,70 @@ def _reset(y: Array, prob: _Problem) -> Array:
 
 
 # Unary terms. For H(σ, y) with weight m = η·[valid unlabeled] and y = r v
-# (see _energy_terms), each entry gives (a) the K-sized products whose channel
-# sums it needs, computed in the same pass as the pair sums, and (b) from
-# those sums, y ⊙ ∂(mH)/∂y [B, H, W, K] and yᵀ∂(mH)/∂y [B, H, W]. No second
-# reduction over K is needed. Guards follow potts.safe_log (zero slope below
-# EPS); for H_RCE the guard tests the unnormalised v = y·Σv (Σv ≈ 1).
-def _cce_products(v, prob):
+# (see _logit_step), each cross-entropy gives (a) K-sized basis arrays, whose
+# channel sums come out of the step's single reduction pass, and (b) from
+# those sums, per-pixel coefficients with y ⊙ ∂(mH)/∂y = Σ coef · basis and
+# the scalar yᵀ∂(mH)/∂y, so no second reduction over K is needed. Guards
+# follow potts.safe_log (zero slope below EPS); for H_RCE the guard tests the
+# unnormalised v = y·Σv (Σv ≈ 1).
+def _sigma_v(v, prob):
   return (prob.sigma * v,)
 
 
-def _cce_terms(v, r, prob, stats, sums):
+def _cce_terms(r, prob, stats, sums):
   del stats
   u = sums[0] * r  # σᵀy
   _, vjp = jax.vjp(lambda x: -potts.safe_log(x), u)
   c = vjp(prob.unary_weight)[0]  # -m/u
-  return (c * r)[..., None] * prob.sigma * v, c * u
+  return c * u, (c * r,)
 
 
-def _ce_products(v, prob):
+def _ce_basis(v, prob):
   return (v * prob.log_sigma,)
 
 
-def _ce_terms(v, r, prob, stats, sums):
+def _ce_terms(r, prob, stats, sums):
   del stats
   m = prob.unary_weight
-  return -(m * r)[..., None] * v * prob.log_sigma, -m * r * sums[0]
+  return -m * r * sums[0], (-m * r,)
 
 
-def _rce_products(v, prob):
+def _rce_basis(v, prob):
   return (prob.sigma * (v > potts.EPS),)
 
 
-def _rce_terms(v, r, prob, stats, sums):
+def _rce_terms(r, prob, stats, sums):
   del r, stats
   m = prob.unary_weight
-  return -m[..., None] * prob.sigma * (v > potts.EPS), -m * sums[0]
+  return -m * sums[0], (-m,)
 
 
-def _q_terms(v, r, prob, stats, sums):
+def _q_basis(v, prob):
+  return (v * v, prob.sigma * v)
+
+
+def _q_terms(r, prob, stats, sums):
   m = prob.unary_weight
-  y = r[..., None] * v
-  return m[..., None] * y * (y - prob.sigma), m * (stats.a - sums[0] * r)
+  # y ⊙ (y - σ) = r² v² - r σ v.
+  return m * (stats.a - sums[1] * r), (m * r * r, -m * r)
 
 
 _UNARY = {
-    "cce": (_cce_products, _cce_terms),
-    "ce": (_ce_products, _ce_terms),
-    "rce": (_rce_products, _rce_terms),
-    "q": (_cce_products, _q_terms),  # also needs σᵀv
+    "cce": (_sigma_v, _cce_terms),
+    "ce": (_ce_basis, _ce_terms),
+    "rce": (_rce_basis, _rce_terms),
+    "q": (_q_basis, _q_terms),
 }
 
 
-def _energy_terms(v, prob, relaxation, cross_entropy):
-  """``y ⊙ ∂E/∂y``, ``yᵀ∂E/∂y`` and ``r`` for ``y = r v``, ``r = 1/Σ_k v``.
+def _logit_step(v, prob, relaxation, cross_entropy):
+  """``(∂E/∂l, r)`` at ``y = r v``, ``r = 1/Σ_k v``; 0 where reset.
 
-  Every reduction over ``K`` of the step happens here, in one pass
-  (:func:`neighborhoods.channel_sums`) over ``v``, its shifts and ``σ``.
+  ``∂E/∂l = y ⊙ (g - yᵀg)`` with ``g = ∂E/∂y``. Every reduction over ``K``
+  happens in one pass (:func:`neighborhoods.channel_sums`) over ``v``, its
+  shifts and ``σ``; the per-pixel coefficients are then materialised
+  (``optimization_barrier``) so that the one ``K``-sized pass that follows
+  reads them instead of recomputing them for every class.
 
   Args:
     v: ``[B, H, W, K]`` nonnegative, unnormalised iterate.
@@ -197,15 +205,14 @@ def _energy_terms(v, prob, relaxation, cross_entropy):
     relaxation, cross_entropy: names.
 
   Returns:
-    ``(ydg [B, H, W, K], ydotg [B, H, W], r [B, H, W])``.
+    ``(∂E/∂l [B, H, W, K], r [B, H, W])``.
   """
   offsets = neighborhoods.offsets_for(len(prob.weights))
-  products, terms = _UNARY[cross_entropy]
-  unary_products = products(v, prob)
+  basis_fn, terms_fn = _UNARY[cross_entropy]
   sums = neighborhoods.channel_sums(
       [v, v * v]
       + [v * neighborhoods.shift(v, dy, dx) for dy, dx in offsets]
-      + list(unary_products)
+      + list(basis_fn(v, prob))
   )
   r = 1.0 / sums[0]
   stats = neighborhoods.PairStats(
@@ -213,18 +220,26 @@ def _energy_terms(v, prob, relaxation, cross_entropy):
       s=tuple(s * r * neighborhoods.shift(r, dy, dx)
               for s, (dy, dx) in zip(sums[2:], offsets)),
   )
-  ydg, ydotg = neighborhoods.potts_terms(
-      v, r, stats, prob.weights, offsets, potts.STATS[relaxation]
+  coefficients, diag, ydotg = neighborhoods.potts_coefficients(
+      r, stats, prob.weights, offsets, potts.STATS[relaxation]
   )
-  u_ydg, u_ydotg = terms(v, r, prob, stats, sums[2 + len(offsets):])
-  return ydg + u_ydg, ydotg + u_ydotg, r
-
-
-def _logit_step(v, prob, relaxation, cross_entropy):
-  """``(∂E/∂l, r)`` at ``y = r v``: ``y ⊙ (g - yᵀg)``, 0 where reset."""
-  ydg, ydotg, r = _energy_terms(v, prob, relaxation, cross_entropy)
-  y = r[..., None] * v
-  return prob.free[..., None] * (ydg - y * ydotg[..., None]), r
+  u_ydotg, u_coefficients = terms_fn(r, prob, stats, sums[2 + len(offsets):])
+  directions = [d for d, _ in coefficients]
+  # v goes through the barrier too, so that the K-sized products below are
+  # recomputed inside the update pass rather than shared (and materialised).
+  fields = jax.lax.optimization_barrier((
+      v, r, diag, r * (ydotg + u_ydotg), prob.free,
+      tuple(c for _, c in coefficients), u_coefficients,
+  ))
+  v, r, diag, r_ydotg, free, c_pairs, u_coefficients = fields
+  g = neighborhoods.apply_coefficients(
+      v, r, tuple(zip(directions, c_pairs)), diag
+  )
+  # y ⊙ g - y yᵀg with y = r v, the unary part given as coef · basis.
+  grad = v * (r[..., None] * g - r_ydotg[..., None])
+  for c, b in zip(u_coefficients, basis_fn(v, prob)):
+    grad = grad + c[..., None] * b
+  return free[..., None] * grad, r
 
 
 def _energy_value(y, prob, relaxation, cross_entropy):
