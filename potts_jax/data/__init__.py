@@ -1,0 +1,1 @@
+"""Data: local dataset folders and synthetic inputs (TFDS builders come later)."""
