@@ -10,7 +10,7 @@ Prints one JSON object per (shape, neighbourhood): compile seconds, seconds per
 solve (median of ``--repeats``), Mpixel·steps/s, peak memory (XLA's compiled
 temp + argument + output bytes, and the process's max RSS) for ours and for
 the baseline, their speed ratio, and how far apart their results are (relative
-energy difference, mean |Δy|). The baseline is the textbook version: NHWC,
+energy difference, energies evaluated in float64; mean |Δy|). The baseline is the textbook version: NHWC,
 ``jax.grad`` of the energy through softmax and the scribble reset, in a
 ``fori_loop``; it is written here, independently of the library's solver.
 """
@@ -145,8 +145,12 @@ def measure(shape, neighborhood, repeats, baseline):
     plain_solve(logits, image, labels, **opts)
     y0, base_s = timed(lambda: plain_solve(logits, image, labels, **opts),
                        repeats)
-    e = solver.energy(y, logits, image, labels, **opts)
-    e0 = solver.energy(y0, logits, image, labels, **opts)
+    # Energies in float64, so that the comparison measures the two float32
+    # iterates rather than float32 rounding in the energy's own sums.
+    with jax.enable_x64(True):
+      f64 = lambda x: jnp.asarray(np.asarray(x), jnp.float64)
+      e, e0 = (solver.energy(f64(v), f64(logits), f64(image), labels, **opts)
+               for v in (y, y0))
     row.update(
         baseline_compile_s=round(base_compile, 2),
         baseline_seconds=round(base_s, 3), baseline_xla_bytes=base_bytes,

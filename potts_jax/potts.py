@@ -30,6 +30,7 @@ zero gradient with respect to the clamped quantity.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax.numpy as jnp
@@ -48,13 +49,15 @@ EPS = 1e-30
 def safe_log(x: Array) -> Array:
   """``ln max(x, EPS)`` with a finite, NaN-free gradient everywhere."""
   ok = x > EPS
-  return jnp.where(ok, jnp.log(jnp.where(ok, x, 1.0)), jnp.log(EPS))
+  # math.log keeps the constant weakly typed: float32 in, float32 out, also
+  # under jax_enable_x64.
+  return jnp.where(ok, jnp.log(jnp.where(ok, x, 1.0)), math.log(EPS))
 
 
 def safe_sqrt(x: Array) -> Array:
   """``√max(x, EPS)`` with a finite, NaN-free gradient everywhere."""
   ok = x > EPS
-  return jnp.where(ok, jnp.sqrt(jnp.where(ok, x, 1.0)), jnp.sqrt(EPS))
+  return jnp.where(ok, jnp.sqrt(jnp.where(ok, x, 1.0)), math.sqrt(EPS))
 
 
 # The (s, a, b) forms: s = pᵀq, a = ‖p‖², b = ‖q‖². Each broadcasts.

@@ -112,7 +112,8 @@ def _problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
   k = logits.shape[-1]
   labels = jnp.asarray(labels, jnp.int32)
   labeled = losses.scribbled(labels)
-  onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k) * labeled[..., None]
+  onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k, dtype=jnp.float32)
+  onehot = onehot * labeled[..., None]
   weights = lam * neighborhoods.affinities(
       image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
   )

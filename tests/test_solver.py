@@ -287,3 +287,13 @@ def test_default_solver_lowers_the_energy_on_real_photos(shared_data):
   np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
   scribbled = labels < 254
   np.testing.assert_array_equal(y[scribbled], np.eye(2)[labels[scribbled]])
+
+
+def test_float32_inputs_under_x64_stay_float32():
+  logits, image, labels = _problem()
+  expected = solver.solve(logits, image, labels, num_steps=5)
+  with jax.enable_x64(True):
+    y = solver.solve(logits, image, labels, num_steps=5)
+    e = solver.energy(y, logits, image, labels)
+  assert y.dtype == jnp.float32 and e.dtype == jnp.float32
+  chex.assert_trees_all_close(y, expected, atol=1e-6)
