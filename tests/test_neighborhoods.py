@@ -1,7 +1,7 @@
 """Tests of potts_jax.neighborhoods: grid affinities and grid Potts energies.
 
-The references are brute force: explicit Python loops over all pairs of pixels
-of each image, keeping the 4- or 8-neighbours, with
+The references (tests/references.py) are brute force: explicit Python loops
+over all pairs of pixels of each image, keeping the 4- or 8-neighbours, with
 ``w_ij = exp(-‖I_i - I_j‖² / (2 σ²))``, diagonals divided by √2 and pairs
 touching a padding pixel (label 254) dropped (ARCHITECTURE §2). Relaxations
 are float64 numpy written from the formulas of ARCHITECTURE §3.
@@ -18,128 +18,28 @@ import pytest
 
 from potts_jax import neighborhoods
 from potts_jax import potts
+from tests import references
 
-PADDING = 254
-UNLABELED = 255
-RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
-LOG_RELAXATIONS = ("cce", "cd", "lq")
-EXPECTED_OFFSETS = {
-    "nn4": ((0, 1), (1, 0)),
-    "nn8": ((0, 1), (1, 0), (1, 1), (1, -1)),
-}
+PADDING = references.PADDING
+UNLABELED = references.UNLABELED
+RELAXATIONS = references.RELAXATIONS
+EXPECTED_OFFSETS = references.OFFSETS
 # Image shape [B, H, W] and classes of every test (one shape, few compilations).
 SHAPE = (2, 5, 7)
 K = 3
 
 
-# ----------------------------------------------------------------------------
-# Brute-force references.
-
-
-def _ref_relaxation(name, p, q):
-  """float64 Potts relaxation P(p, q) of two ``[K]`` vectors."""
-  p = np.asarray(p, np.float64)
-  q = np.asarray(q, np.float64)
-  dot = float(p @ q)
-  norms = float(np.linalg.norm(p) * np.linalg.norm(q))
-  sq_dist = float(np.sum((p - q) ** 2))
-  return {
-      "bl": lambda: 1.0 - dot,
-      "q": lambda: 0.5 * sq_dist,
-      "nq": lambda: 1.0 - dot / norms,
-      "cce": lambda: -math.log(dot),
-      "cd": lambda: -math.log(dot / norms),
-      "lq": lambda: -math.log(1.0 - 0.5 * sq_dist),
-  }[name]()
-
-
-def _are_neighbours(i, j, neighborhood):
-  dr, dc = abs(j[0] - i[0]), abs(j[1] - i[1])
-  if neighborhood == "nn4":
-    return dr + dc == 1
-  return max(dr, dc) == 1
-
-
-def _brute_pairs(image, labels, neighborhood, sigma_rgb):
-  """``{(b, i, j): w_ij}`` over unordered neighbour pairs (i before j, raster).
-
-  Double loop over all pixel pairs of each image; pairs touching padding are
-  dropped.
-  """
-  batch, height, width = labels.shape
-  pixels = [(r, c) for r in range(height) for c in range(width)]
-  pairs = {}
-  for b in range(batch):
-    for a, i in enumerate(pixels):
-      for j in pixels[a + 1 :]:
-        if not _are_neighbours(i, j, neighborhood):
-          continue
-        if labels[(b, *i)] == PADDING or labels[(b, *j)] == PADDING:
-          continue
-        diff = np.asarray(image[(b, *i)], np.float64) - image[(b, *j)]
-        w = math.exp(-float(diff @ diff) / (2.0 * sigma_rgb**2))
-        if i[0] != j[0] and i[1] != j[1]:
-          w /= math.sqrt(2.0)
-        pairs[(b, i, j)] = w
-  return pairs
-
-
-def _slot(i, j, neighborhood):
-  """Where the library stores the pair {i, j}: ``(pixel, offset index)``."""
-  for d, (dy, dx) in enumerate(EXPECTED_OFFSETS[neighborhood]):
-    if (i[0] + dy, i[1] + dx) == j:
-      return i, d
-    if (j[0] + dy, j[1] + dx) == i:
-      return j, d
-  raise AssertionError((i, j))
-
-
-def _brute_weights(image, labels, neighborhood, sigma_rgb):
-  """Brute-force pairs laid out as ``[B, H, W, D]`` (the documented layout)."""
-  pairs = _brute_pairs(image, labels, neighborhood, sigma_rgb)
-  out = np.zeros(labels.shape + (len(EXPECTED_OFFSETS[neighborhood]),))
-  for (b, i, j), w in pairs.items():
-    (r, c), d = _slot(i, j, neighborhood)
-    assert out[b, r, c, d] == 0.0, "two pairs in one slot"
-    out[b, r, c, d] = w
-  return out
-
-
-def _brute_energy(y, pairs, relaxation):
-  """``[B]``: Σ over the pairs of w_ij P(y_i, y_j)."""
-  energy = np.zeros(y.shape[0])
-  for (b, i, j), w in pairs.items():
-    energy[b] += w * _ref_relaxation(relaxation, y[(b, *i)], y[(b, *j)])
-  return energy
-
-
-# ----------------------------------------------------------------------------
-# Inputs.
-
-
-def _labels(rng, shape=SHAPE):
+def _labels(rng):
   """Classes, 255 and 254 (a padding band on the right and bottom, plus one)."""
-  labels = np.where(
-      rng.random(shape) < 0.3, rng.integers(0, K, shape), UNLABELED
-  )
-  labels = labels.astype(np.int32)
-  labels[0, :, -2:] = PADDING
-  labels[1, -1, :] = PADDING
-  labels[1, 1, 2] = PADDING
-  return labels
+  labels = references.random_labels(rng, SHAPE, K, p_padding=0.0)
+  return references.add_padding(labels, (1, 2))
 
 
-def _image(rng, shape=SHAPE, dtype=np.float32):
+def _image(rng, dtype=np.float32):
   """RGB in 0..255: small neighbour differences, an edge, a flat patch."""
-  base = rng.integers(40, 200, (shape[0], 1, 1, 3))
-  image = base + rng.integers(-10, 11, shape + (3,))
-  image[:, :, shape[2] // 2 :] += 50
-  image[:, :2, :3] = image[:, :1, :1]  # identical colours: w = 1
-  return np.clip(image, 0, 255).astype(dtype)
-
-
-def _simplex(rng, shape, k=K, alpha=1.0):
-  return rng.dirichlet(np.full(k, alpha), size=shape).astype(np.float32)
+  return references.smooth_image(
+      rng, SHAPE, noise=10, right=50, flat_patch=True, dtype=dtype
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -240,7 +140,7 @@ def test_pair_mask_matches_brute_force(neighborhood):
   mask = neighborhoods.pair_mask(jnp.asarray(labels), neighborhood)
   # With a constant image every existing pair has a non-zero weight.
   expected = (
-      _brute_weights(
+      references.grid_weights(
           np.zeros(SHAPE + (3,)), labels, neighborhood, sigma_rgb=1.0
       )
       != 0.0
@@ -268,7 +168,7 @@ def test_affinities_match_brute_force(neighborhood):
     )
     assert out.shape == SHAPE + (len(EXPECTED_OFFSETS[neighborhood]),)
     assert out.dtype == jnp.float32
-    expected = _brute_weights(image, labels, neighborhood, sigma_rgb)
+    expected = references.grid_weights(image, labels, neighborhood, sigma_rgb)
     assert np.any(
         (expected > 1e-3) & (expected < 0.5)
     )  # the test is not vacuous
@@ -280,10 +180,12 @@ def test_affinities_match_brute_force(neighborhood):
 def test_affinities_default_sigma_and_uint8_image():
   rng = np.random.default_rng(3)
   labels = _labels(rng)
-  image = _image(rng, dtype=np.uint8)
+  image = _image(rng, np.uint8)
   out = neighborhoods.affinities(jnp.asarray(image), jnp.asarray(labels))
   # uint8 must not wrap around in the differences.
-  expected = _brute_weights(image.astype(np.float64), labels, "nn4", 9.0)
+  expected = references.grid_weights(
+      image.astype(np.float64), labels, "nn4", 9.0
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-7)
 
 
@@ -302,7 +204,7 @@ def test_affinities_every_pair_exactly_once():
     )
     assert np.count_nonzero(out) == SHAPE[0] * num_pairs
     assert (
-        len(_brute_pairs(image, labels, neighborhood, 9.0))
+        len(references.grid_pairs(image, labels, neighborhood, 9.0))
         == SHAPE[0] * num_pairs
     )
     np.testing.assert_allclose(out[..., :2][out[..., :2] > 0], 1.0)
@@ -324,17 +226,21 @@ def test_grid_energy_matches_brute_force(relaxation, neighborhood):
   # Peaked and flat distributions; padding pixels hold arbitrary values.
   y = np.where(
       rng.random(SHAPE + (1,)) < 0.5,
-      _simplex(rng, SHAPE, alpha=0.3),
-      _simplex(rng, SHAPE),
+      references.simplex(rng, SHAPE, K, alpha=0.3),
+      references.simplex(rng, SHAPE, K),
   )
-  pairs = _brute_pairs(image, labels, neighborhood, 9.0)
-  weights = _brute_weights(image, labels, neighborhood, 9.0).astype(np.float32)
+  pairs = references.grid_pairs(image, labels, neighborhood, 9.0)
+  weights = references.grid_weights(image, labels, neighborhood, 9.0)
+  weights = weights.astype(np.float32)
   out = neighborhoods.grid_energy(
       jnp.asarray(y), jnp.asarray(weights), potts.relaxation(relaxation)
   )
   assert out.shape == (SHAPE[0],)
   np.testing.assert_allclose(
-      out, _brute_energy(y, pairs, relaxation), rtol=1e-5, atol=1e-5
+      out,
+      references.pair_energy(y, pairs, relaxation),
+      rtol=1e-5,
+      atol=1e-5,
   )
   # Library affinities give the same energy (integration with affinities()).
   lib_weights = neighborhoods.affinities(
@@ -359,19 +265,19 @@ def test_grid_energy_of_hard_labelings_is_the_potts_model(neighborhood):
   hard = rng.integers(0, K, SHAPE)
   y = np.eye(K, dtype=np.float32)[hard]
   y[labels == PADDING] = 0.0  # even all-zero vectors on padding are ignored
-  pairs = _brute_pairs(image, labels, neighborhood, 9.0)
+  pairs = references.grid_pairs(image, labels, neighborhood, 9.0)
   cut = np.zeros(SHAPE[0])
   for (b, i, j), w in pairs.items():
     cut[b] += w * (hard[(b, *i)] != hard[(b, *j)])
   assert np.all(cut > 0)
   weights = jnp.asarray(
-      _brute_weights(image, labels, neighborhood, 9.0), jnp.float32
+      references.grid_weights(image, labels, neighborhood, 9.0), jnp.float32
   )
   for relaxation in RELAXATIONS:
     energy = neighborhoods.grid_energy(
         jnp.asarray(y), weights, potts.relaxation(relaxation)
     )
-    scale = -math.log(potts.EPS) if relaxation in LOG_RELAXATIONS else 1.0
+    scale = references.CAP if relaxation in references.LOG_RELAXATIONS else 1.0
     np.testing.assert_allclose(energy, scale * cut, rtol=1e-5)
   # Finite gradient there, for the relaxation with the most guards.
   grad = jax.grad(
@@ -398,18 +304,7 @@ def _vector_energy(y, idx, w, relaxation):
   """Σ_pairs w P(y_i, y_j) over all images, vectorised in numpy."""
   p = y[idx[:, 0], idx[:, 1], idx[:, 2]]
   q = y[idx[:, 0], idx[:, 3], idx[:, 4]]
-  dot = np.sum(p * q, -1)
-  norms = np.linalg.norm(p, axis=-1) * np.linalg.norm(q, axis=-1)
-  sq = np.sum((p - q) ** 2, -1)
-  value = {
-      "bl": 1 - dot,
-      "q": 0.5 * sq,
-      "nq": 1 - dot / norms,
-      "cce": -np.log(dot),
-      "cd": -np.log(dot / norms),
-      "lq": -np.log(1 - 0.5 * sq),
-  }[relaxation]
-  return float(np.sum(w * value))
+  return float(np.sum(w * references.relaxation(relaxation, p, q)))
 
 
 def _fd_gradient(y64, idx, w, relaxation, h=1e-6):
@@ -431,17 +326,18 @@ def test_potts_terms_match_finite_differences(neighborhood):
   rng = np.random.default_rng(6)
   labels = _labels(rng)
   image = _image(rng)
-  y = _simplex(rng, SHAPE, alpha=2.0)
-  pairs = _brute_pairs(image, labels, neighborhood, 9.0)
+  y = references.simplex(rng, SHAPE, K, alpha=2.0)
+  pairs = references.grid_pairs(image, labels, neighborhood, 9.0)
   idx, w = _flat_pairs(pairs)
-  weights = _brute_weights(image, labels, neighborhood, 9.0).astype(np.float32)
+  weights = references.grid_weights(image, labels, neighborhood, 9.0)
+  weights = weights.astype(np.float32)
   offsets = EXPECTED_OFFSETS[neighborhood]
   planes = [jnp.asarray(weights[..., d]) for d in range(len(offsets))]
   y64 = y.astype(np.float64)
   for relaxation in RELAXATIONS:
     assert math.isclose(
         _vector_energy(y64, idx, w, relaxation),
-        float(np.sum(_brute_energy(y64, pairs, relaxation))),
+        float(np.sum(references.pair_energy(y64, pairs, relaxation))),
         rel_tol=1e-12,
     )
     fd = _fd_gradient(y64, idx, w, relaxation)

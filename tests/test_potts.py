@@ -1,7 +1,7 @@
 """Tests of potts_jax.potts: the six Potts relaxations and the safe ln / √.
 
-Every expected value comes from an independent float64 numpy implementation
-written straight from the formulas of ARCHITECTURE §3:
+Every expected value comes from the independent float64 numpy references of
+tests/references.py, written straight from the formulas of ARCHITECTURE §3:
 
   bl 1 - pᵀq · q ½‖p - q‖² · nq 1 - pᵀq/(‖p‖‖q‖) · cce -ln pᵀq ·
   cd -ln(pᵀq/(‖p‖‖q‖)) · lq -ln(1 - ½‖p - q‖²).
@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 
 from potts_jax import potts
+from tests import references
 
-NAMES = ("bl", "q", "nq", "cce", "cd", "lq")
-# The relaxations that are infinite at orthogonal one-hots.
-LOG_NAMES = ("cce", "cd", "lq")
+NAMES = references.RELAXATIONS
+LOG_NAMES = references.LOG_RELAXATIONS
 NAMED_FUNCTIONS = {
     "bl": potts.bl,
     "q": potts.quadratic,
@@ -35,62 +35,10 @@ NAMED_FUNCTIONS = {
 U32 = 2.0**-24
 RTOL = 1e-5
 ATOL = 1e-5
-
-
-def _cap():
-  """The documented finite value of an infinite relaxation, -ln EPS."""
-  return -np.log(potts.EPS)
-
-
-# ----------------------------------------------------------------------------
-# Independent float64 numpy references.
-
-
-def _ref(name, p, q):
-  """float64 P(p, q) for ``[..., K]`` inputs, straight from the formula."""
-  p = np.asarray(p, np.float64)
-  q = np.asarray(q, np.float64)
-  dot = np.sum(p * q, axis=-1)
-  norms = np.linalg.norm(p, axis=-1) * np.linalg.norm(q, axis=-1)
-  sq_dist = np.sum((p - q) ** 2, axis=-1)
-  with np.errstate(divide="ignore"):
-    if name == "bl":
-      return 1.0 - dot
-    if name == "q":
-      return 0.5 * sq_dist
-    if name == "nq":
-      return 1.0 - dot / norms
-    if name == "cce":
-      return -np.log(dot)
-    if name == "cd":
-      return -np.log(dot / norms)
-    if name == "lq":
-      return -np.log(1.0 - 0.5 * sq_dist)
-  raise AssertionError(name)
-
-
-def _ref_grads(name, p, q, rel_step=1e-5):
-  """Central finite differences of ``sum(_ref(name, p, q))`` w.r.t. p and q.
-
-  Rows are independent, so coordinate ``k`` of every row is perturbed at once;
-  each coordinate x is stepped by ``rel_step * x`` (all are > 0 inside the
-  simplex), which keeps the stencil valid for tiny entries.
-  """
-  args = [np.asarray(p, np.float64), np.asarray(q, np.float64)]
-  grads = []
-  for which in (0, 1):
-    grad = np.zeros_like(args[which])
-    for k in range(args[which].shape[-1]):
-      plus, minus = list(args), list(args)
-      step = np.zeros_like(args[which])
-      step[..., k] = rel_step * args[which][..., k]
-      plus[which] = args[which] + step
-      minus[which] = args[which] - step
-      grad[..., k] = (_ref(name, *plus) - _ref(name, *minus)) / (
-          2 * step[..., k]
-      )
-    grads.append(grad)
-  return tuple(grads)
+# Every [N, K] evaluation goes through one jitted function of all six
+# relaxations (eager calls are tested separately, see the batch-shape and jit
+# tests).
+BATCH = references.RowBatch(potts.relaxation, NAMES)
 
 
 def _tolerance(name, p, q, expected):
@@ -113,7 +61,7 @@ def _tolerance(name, p, q, expected):
 
 
 def _assert_matches_ref(name, actual, p32, q32):
-  expected = _ref(name, p32, q32)
+  expected = references.relaxation(name, p32, q32)
   actual = np.asarray(actual, np.float64)
   assert actual.shape == expected.shape
   err = np.abs(actual - expected)
@@ -124,104 +72,6 @@ def _assert_matches_ref(name, actual, p32, q32):
       f"{actual.flat[worst]!r} expected {expected.flat[worst]!r} "
       f"(err {err.flat[worst]:.3g}, tol {tol.flat[worst]:.3g})"
   )
-
-
-# ----------------------------------------------------------------------------
-# Inputs.
-
-
-def _simplex(rng, shape, k, alpha=1.0):
-  """float32 random points of the simplex, ``[*shape, k]``."""
-  return rng.dirichlet(np.full(k, alpha), size=shape).astype(np.float32)
-
-
-def _near_vertex(rng, n, k, vertex, eps, spread="uniform"):
-  """``[n, k]`` float32 points ``(1-ε) e_vertex + ε r``, r on the simplex.
-
-  ``spread='uniform'`` gives the point (.., 1-ε, ε/(K-1), ..) (r uniform over
-  the other classes); ``'random'`` draws r from a flat Dirichlet.
-  """
-  if spread == "uniform":
-    r = np.full((n, k), 1.0 / (k - 1))
-    r[:, vertex] = 0.0
-  else:
-    r = rng.dirichlet(np.ones(k), size=n)
-  return ((1.0 - eps) * np.eye(k)[vertex] + eps * r).astype(np.float32)
-
-
-def _floor(x, lo=1e-4):
-  """Moves simplex points away from the boundary: every entry >= ~lo."""
-  x = np.maximum(np.asarray(x, np.float64), lo)
-  return (x / x.sum(axis=-1, keepdims=True)).astype(np.float32)
-
-
-def _one_hot_pairs(k):
-  """All ``k*k`` pairs of vertices ``(e_i, e_j)``: equal and orthogonal."""
-  eye = np.eye(k, dtype=np.float32)
-  i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-  return eye[i.ravel()], eye[j.ravel()], (i == j).ravel()
-
-
-def _sum_grads(fn, p, q):
-  return jax.grad(lambda p, q: jnp.sum(fn(p, q)), argnums=(0, 1))(p, q)
-
-
-def _logit_grads(fn, lp, lq):
-  def total(lp, lq):
-    return jnp.sum(fn(jax.nn.softmax(lp, axis=-1), jax.nn.softmax(lq, axis=-1)))
-
-  return jax.value_and_grad(total, argnums=(0, 1))(lp, lq)
-
-
-# Every ``[N, K]`` evaluation goes through one jitted function of all six
-# relaxations, on inputs padded to ``ROWS`` rows: one compilation per K instead
-# of one per relaxation, shape and primitive. Rows are independent, so padding
-# changes no value or gradient of the kept rows. (Eager calls are tested
-# separately, see the batch-shape and jit tests.)
-ROWS = 512
-
-
-def _pad(x, fill=None):
-  x = np.asarray(x, np.float32)
-  assert x.ndim == 2 and x.shape[0] <= ROWS, x.shape
-  fill = 1.0 / x.shape[1] if fill is None else fill
-  rows = np.full((ROWS - x.shape[0], x.shape[1]), fill, np.float32)
-  return jnp.asarray(np.concatenate([x, rows]))
-
-
-@jax.jit
-def _all_values(p, q):
-  return jnp.stack([potts.relaxation(name)(p, q) for name in NAMES])
-
-
-@jax.jit
-def _all_grads(p, q):
-  return [_sum_grads(potts.relaxation(name), p, q) for name in NAMES]
-
-
-@jax.jit
-def _all_logit_grads(lp, lq):
-  return [_logit_grads(potts.relaxation(name), lp, lq) for name in NAMES]
-
-
-def _apply(name, p, q):
-  """``P(p, q)`` for ``[N, K]`` inputs."""
-  return np.asarray(_all_values(_pad(p), _pad(q))[NAMES.index(name)])[: len(p)]
-
-
-def _apply_grads(name, p, q):
-  """Gradients of ``sum P(p, q)`` w.r.t. ``[N, K]`` p and q."""
-  gp, gq = _all_grads(_pad(p), _pad(q))[NAMES.index(name)]
-  return np.asarray(gp)[: len(p)], np.asarray(gq)[: len(q)]
-
-
-def _apply_logit_grads(name, lp, lq):
-  """``sum P(softmax lp, softmax lq)`` and its gradients w.r.t. the logits."""
-  n = len(lp)
-  value, (glp, glq) = _all_logit_grads(_pad(lp, 0.0), _pad(lq, 0.0))[
-      NAMES.index(name)
-  ]
-  return value, np.asarray(glp)[:n], np.asarray(glq)[:n]
 
 
 # ----------------------------------------------------------------------------
@@ -248,7 +98,7 @@ def test_unknown_relaxation_raises_value_error_naming_it(bad):
 
 def test_eps_is_the_documented_guard():
   assert potts.EPS == 1e-30
-  np.testing.assert_allclose(_cap(), 69.08, atol=5e-3)
+  np.testing.assert_allclose(references.CAP, 69.08, atol=5e-3)
 
 
 # ----------------------------------------------------------------------------
@@ -259,11 +109,14 @@ def test_eps_is_the_documented_guard():
 def test_random_simplex_points_match_reference(name):
   rng = np.random.default_rng(0)
   for k in (2, 3, 21):
-    p = _simplex(rng, (40,), k)
+    p = references.simplex(rng, (40,), k)
     # Also peaked distributions, with entries near 0 and near 1.
-    q = np.concatenate([_simplex(rng, (20,), k), _simplex(rng, (20,), k, 0.1)])
-    _assert_matches_ref(name, _apply(name, p, q), p, q)
-    _assert_matches_ref(name, _apply(name, q, p), q, p)
+    q = np.concatenate([
+        references.simplex(rng, (20,), k),
+        references.simplex(rng, (20,), k, 0.1),
+    ])
+    _assert_matches_ref(name, BATCH.values(name, p, q), p, q)
+    _assert_matches_ref(name, BATCH.values(name, q, p), q, p)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -271,8 +124,8 @@ def test_batch_shapes_match_reference(name):
   """Leading batch axes of any rank: ``[7, K]`` and ``[2, 3, 4, K]``."""
   rng = np.random.default_rng(1)
   for shape, k in (((7,), 3), ((2, 3, 4), 3)):
-    p = _simplex(rng, shape, k)
-    q = _simplex(rng, shape, k, alpha=0.3)
+    p = references.simplex(rng, shape, k)
+    q = references.simplex(rng, shape, k, alpha=0.3)
     # Through relaxation(name) and through the named function, eagerly.
     for fn in (potts.relaxation(name), NAMED_FUNCTIONS[name]):
       out = fn(jnp.asarray(p), jnp.asarray(q))
@@ -284,8 +137,8 @@ def test_batch_shapes_match_reference(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_stats_form_matches_reference(name):
   rng = np.random.default_rng(2)
-  p = _simplex(rng, (7,), 3)
-  q = _simplex(rng, (7,), 3)
+  p = references.simplex(rng, (7,), 3)
+  q = references.simplex(rng, (7,), 3)
   p64, q64 = p.astype(np.float64), q.astype(np.float64)
   s = np.sum(p64 * q64, -1).astype(np.float32)
   a = np.sum(p64 * p64, -1).astype(np.float32)
@@ -297,14 +150,14 @@ def test_stats_form_matches_reference(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_vertices_equal_and_orthogonal(name):
   for k in (2, 3, 21):
-    p, q, equal = _one_hot_pairs(k)
-    out = _apply(name, p, q)
+    p, q, equal = references.one_hot_pairs(k)
+    out = BATCH.values(name, p, q)
     # Equal one-hots: every relaxation is exactly 0 there.
     np.testing.assert_allclose(out[equal], 0.0, atol=1e-7)
     if name in LOG_NAMES:
       # The true value is +inf; the library returns the documented cap.
-      assert np.all(np.isinf(_ref(name, p[~equal], q[~equal])))
-      np.testing.assert_allclose(out[~equal], _cap(), rtol=1e-6)
+      assert np.all(np.isinf(references.relaxation(name, p[~equal], q[~equal])))
+      np.testing.assert_allclose(out[~equal], references.CAP, rtol=1e-6)
     else:
       np.testing.assert_allclose(out[~equal], 1.0, rtol=1e-6)
       _assert_matches_ref(name, out, p, q)
@@ -316,9 +169,9 @@ def _near_vertex_cases(rng, k):
   vertex0 = np.eye(k, dtype=np.float32)[:1]
   for eps in (1e-3, 1e-4, 1e-5, 1e-6):
     for spread, n in (("uniform", 1), ("random", 12)):
-      near0 = _near_vertex(rng, n, k, 0, eps, spread)
-      other0 = _near_vertex(rng, n, k, 0, eps / 3.0, "random")
-      near1 = _near_vertex(rng, n, k, 1, eps, spread)
+      near0 = references.near_vertex(rng, n, k, 0, eps, spread)
+      other0 = references.near_vertex(rng, n, k, 0, eps / 3.0, "random")
+      near1 = references.near_vertex(rng, n, k, 1, eps, spread)
       exact0 = np.repeat(vertex0, n, axis=0)
       tag = f"eps={eps} {spread}"
       cases[f"{tag} same vertex"] = (near0, other0)
@@ -335,7 +188,7 @@ def test_near_vertices_match_reference(name):
     cases = _near_vertex_cases(rng, k)
     p = np.concatenate([c[0] for c in cases.values()])
     q = np.concatenate([c[1] for c in cases.values()])
-    out = _apply(name, p, q)
+    out = BATCH.values(name, p, q)
     start = 0
     for case, (p_case, q_case) in cases.items():
       stop = start + len(p_case)
@@ -354,9 +207,9 @@ def _all_relaxations(p, q):
 def test_vmap_matches_batched_call():
   rng = np.random.default_rng(4)
   k = 3
-  p = jnp.asarray(_simplex(rng, (2, 3, 4), k))
-  q = jnp.asarray(_simplex(rng, (2, 3, 4), k))
-  single = jnp.asarray(_simplex(rng, (3, 4), k))
+  p = jnp.asarray(references.simplex(rng, (2, 3, 4), k))
+  q = jnp.asarray(references.simplex(rng, (2, 3, 4), k))
+  single = jnp.asarray(references.simplex(rng, (3, 4), k))
   batched = _all_relaxations(p, q)
   mapped = jax.jit(jax.vmap(_all_relaxations, out_axes=1))(p, q)
   np.testing.assert_allclose(mapped, batched, rtol=1e-6, atol=1e-7)
@@ -387,7 +240,7 @@ def _values_and_grads(p, q, lp, lq):
     total, grads = jax.value_and_grad(
         lambda p, q: jnp.sum(fn(p, q) * weight), argnums=(0, 1)
     )(p, q)
-    out[name] = (fn(p, q), total, grads, _logit_grads(fn, lp, lq))
+    out[name] = (fn(p, q), total, grads, references.logit_grads(fn, lp, lq))
   return out
 
 
@@ -397,15 +250,11 @@ class JitTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_jit_matches_eager_and_reference(self):
     rng = np.random.default_rng(5)
-    p = _simplex(rng, (2, 3, 4), 3)
-    q = _simplex(rng, (2, 3, 4), 3)
+    p = references.simplex(rng, (2, 3, 4), 3)
+    q = references.simplex(rng, (2, 3, 4), 3)
     # Saturated logits: softmax gives exact, partly orthogonal one-hots.
-    lp = 1e4 * (
-        2 * np.eye(3, dtype=np.float32)[rng.integers(0, 3, (2, 3, 4))] - 1
-    )
-    lq = 1e4 * (
-        2 * np.eye(3, dtype=np.float32)[rng.integers(0, 3, (2, 3, 4))] - 1
-    )
+    lp = references.saturated_logits(rng, (2, 3, 4), 3)
+    lq = references.saturated_logits(rng, (2, 3, 4), 3)
     out = self.variant(_values_and_grads)(p, q, lp, lq)
     eager = _values_and_grads(*map(jnp.asarray, (p, q, lp, lq)))
     chex.assert_trees_all_close(out, eager, rtol=1e-6, atol=1e-6)
@@ -422,13 +271,18 @@ class JitTest(chex.TestCase):
 def test_gradients_match_finite_differences(name):
   rng = np.random.default_rng(6)
   for k in (2, 3, 21):
-    p = _simplex(rng, (8,), k)
+    p = references.simplex(rng, (8,), k)
     # Peaked points too, kept off the boundary so the stencil resolves them.
-    q = _floor(
-        np.concatenate([_simplex(rng, (4,), k), _simplex(rng, (4,), k, 0.3)])
+    q = references.floor_simplex(
+        np.concatenate([
+            references.simplex(rng, (4,), k),
+            references.simplex(rng, (4,), k, 0.3),
+        ])
     )
-    gp, gq = _apply_grads(name, p, q)
-    fd_p, fd_q = _ref_grads(name, p, q)
+    gp, gq = BATCH.grads(name, p, q)
+    fd_p, fd_q = references.central_differences(
+        lambda p, q: references.relaxation(name, p, q), p, q
+    )
     np.testing.assert_allclose(
         gp, fd_p, rtol=1e-4, atol=1e-5, err_msg=f"dp K={k}"
     )
@@ -444,17 +298,17 @@ def test_gradients_match_finite_differences(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_finite_values_and_grads_at_one_hots(name):
   for k in (2, 3, 21):
-    p, q, equal = _one_hot_pairs(k)
-    value = _apply(name, p, q)
-    gp, gq = _apply_grads(name, p, q)
+    p, q, equal = references.one_hot_pairs(k)
+    value = BATCH.values(name, p, q)
+    gp, gq = BATCH.grads(name, p, q)
     chex.assert_tree_all_finite((value, gp, gq))
     # One vertex against interior points, and the other way round.
-    inner = _simplex(np.random.default_rng(k), (k * k,), k)
+    inner = references.simplex(np.random.default_rng(k), (k * k,), k)
     chex.assert_tree_all_finite(
         (
-            _apply(name, p, inner),
-            _apply_grads(name, p, inner),
-            _apply_grads(name, inner, q),
+            BATCH.values(name, p, inner),
+            BATCH.grads(name, p, inner),
+            BATCH.grads(name, inner, q),
         )
     )
     if name in ("cce", "lq"):
@@ -469,37 +323,37 @@ def test_finite_through_softmax_of_large_logits(name):
   """Gradients w.r.t. logits stay finite when softmax saturates to one-hots."""
   rng = np.random.default_rng(7)
   k = 3
-  eye = np.eye(k, dtype=np.float32)
-  i, j = np.meshgrid(np.arange(k), np.arange(k), indexing="ij")
-  equal = (i == j).ravel()
+  vertex_p, vertex_q, equal = references.one_hot_pairs(k)
   signs = np.sign(rng.standard_normal((8, k))).astype(np.float32)
   scales = (1.0, 10.0, 30.0, 45.0, 60.0, 100.0, 1e4)
   # Per scale: all vertex pairs (argmax equal or not), then random ±scale
   # logits (ties give two-hot and three-hot distributions).
   lp = np.concatenate(
       [
-          np.concatenate([s * (2 * eye[i.ravel()] - 1), s * signs])
+          np.concatenate([s * (2 * vertex_p - 1), s * signs])
           for s in scales
       ]
   )
   lq = np.concatenate(
       [
-          np.concatenate([s * (2 * eye[j.ravel()] - 1), s * signs[::-1]])
+          np.concatenate([s * (2 * vertex_q - 1), s * signs[::-1]])
           for s in scales
       ]
   )
-  value, glp, glq = _apply_logit_grads(name, lp, lq)
-  sig = lambda x: np.asarray(jax.nn.softmax(_pad(x), axis=-1))[: len(x)]
+  value, glp, glq = BATCH.logit_grads(name, lp, lq)
+  sig = lambda x: np.asarray(
+      jax.nn.softmax(references.pad_rows(x), axis=-1)
+  )[: len(x)]
   p, q = sig(lp), sig(lq)
-  out = _apply(name, p, q)
+  out = BATCH.values(name, p, q)
   chex.assert_tree_all_finite((value, glp, glq, out))
   # At ±1e4 softmax is exactly one-hot: the vertex values of the relaxation.
   last = slice(len(lp) - len(equal) - len(signs), len(lp) - len(signs))
-  np.testing.assert_array_equal(p[last], eye[i.ravel()])
+  np.testing.assert_array_equal(p[last], vertex_p)
   np.testing.assert_allclose(out[last][equal], 0.0, atol=1e-7)
-  expected = _cap() if name in LOG_NAMES else 1.0
+  expected = references.CAP if name in LOG_NAMES else 1.0
   np.testing.assert_allclose(out[last][~equal], expected, rtol=1e-6)
-  gp, gq = _apply_grads(name, p, q)
+  gp, gq = BATCH.grads(name, p, q)
   chex.assert_tree_all_finite((gp, gq))
 
 

@@ -1,7 +1,5 @@
 """Tests of potts_jax.quadratic: the exact H_Q + P_Q minimiser and soft Jaccard."""
 
-import math
-
 import chex
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from potts_jax import quadratic
 from potts_jax import solver
 from potts_jax.data import folder
 from potts_jax.data import synthetic
+from tests import references
 
 ETA, LAM, SIGMA_RGB = 0.3, 6.0, 9.0
 
@@ -27,27 +26,6 @@ def tiny_problem(seed=0, h=4, w=5, k=3):
   labels[0, 0, 1] = labels[0, 1, 0] = labels[0, 1, 1] = 254
   labels[0, 1, 3], labels[0, 3, 1], labels[0, 3, 4], labels[0, 2, 2] = 0, 1, 2, 1
   return logits, image, labels
-
-
-def brute_force_weights(image, labels, neighborhood):
-  """``w[b, r, c, d]`` from explicit loops, float64, independent of the lib."""
-  b_, h, w, _ = image.shape
-  offsets = neighborhoods.OFFSETS[neighborhood]
-  out = np.zeros((b_, h, w, len(offsets)))
-  img = image.astype(np.float64)
-  for b in range(b_):
-    for r in range(h):
-      for c in range(w):
-        for d, (dy, dx) in enumerate(offsets):
-          r2, c2 = r + dy, c + dx
-          if not (0 <= r2 < h and 0 <= c2 < w):
-            continue
-          if 254 in (labels[b, r, c], labels[b, r2, c2]):
-            continue
-          dist = np.sum((img[b, r, c] - img[b, r2, c2]) ** 2)
-          scale = 1 / math.sqrt(2) if dy and dx else 1.0
-          out[b, r, c, d] = scale * math.exp(-dist / (2 * SIGMA_RGB**2))
-  return out
 
 
 def dense_reference(logits, labels, weights, neighborhood, eta, lam):
@@ -112,7 +90,8 @@ def test_matches_dense_brute_force(neighborhood):
                                sigma_rgb=SIGMA_RGB), np.float64)
   # The library weights are the formula's (float32 rounding aside) ...
   np.testing.assert_allclose(
-      weights, brute_force_weights(image, labels, neighborhood),
+      weights,
+      references.grid_weights(image, labels, neighborhood, SIGMA_RGB),
       rtol=1e-5, atol=1e-12)
   # ... and the dense solution with those very weights must match to 1e-8.
   ref = dense_reference(logits, labels, weights, neighborhood, ETA, LAM)
