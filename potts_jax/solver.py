@@ -108,7 +108,7 @@ class _Problem(NamedTuple):
   weights: tuple  # per offset [B, H, W] λ·w_ij (0 where no pair).
 
 
-def _problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
+def _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
   k = logits.shape[-1]
   labels = jnp.asarray(labels, jnp.int32)
   labeled = losses.scribbled(labels)
@@ -265,7 +265,8 @@ def _solve(
     relaxation, cross_entropy, neighborhood, num_steps, optimizer, record,
 ):
   """The loop. Plain descent runs on ``y`` directly (see :func:`solve`)."""
-  prob = _problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam)
+  prob = _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta,
+                        lam)
   logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
   step_terms = functools.partial(
       _logit_step, prob=prob, relaxation=relaxation,
@@ -432,8 +433,8 @@ def energy(
     raise ValueError(
         f"y must have the shape of logits {np.shape(logits)}; got {np.shape(y)}"
     )
-  prob = _problem(jnp.asarray(logits), image, labels, neighborhood, sigma_rgb,
-                  eta, lam)
+  prob = _build_problem(jnp.asarray(logits), image, labels, neighborhood,
+                        sigma_rgb, eta, lam)
   return _energy_value(
       jnp.asarray(y, jnp.float32), prob, relaxation, cross_entropy
   )
