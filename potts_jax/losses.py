@@ -15,9 +15,8 @@ name     H(σ, y)                 paper
 Logs are guarded as in :mod:`potts_jax.potts` (``ln max(x, EPS)``), so values and
 gradients stay finite at one-hot and orthogonal one-hot inputs.
 
-Label conventions (ARCHITECTURE §2): ``labels`` ``[B, H, W]`` int32 hold a class
-``0..K-1`` on scribbled pixels, :data:`UNLABELED` (255) elsewhere and
-:data:`PADDING` (254) on crop padding, which takes part in no term.
+Label codes (class, 255 unlabeled, 254 padding) are those of
+:mod:`potts_jax.labels`.
 """
 
 from __future__ import annotations
@@ -27,13 +26,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from potts_jax import labels as label_codes
 from potts_jax import neighborhoods
 from potts_jax import potts
 
 Array = jnp.ndarray
-
-UNLABELED = 255
-PADDING = 254
 
 
 def ce(sigma: Array, y: Array, axis: int = -1) -> Array:
@@ -84,16 +81,6 @@ def _masked_mean(values: Array, mask: Array) -> Array:
   return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def scribbled(labels: Array) -> Array:
-  """``[B, H, W]`` bool: pixels holding a class (neither 255 nor 254)."""
-  return (labels != UNLABELED) & (labels != PADDING)
-
-
-def unlabeled(labels: Array) -> Array:
-  """``[B, H, W]`` bool: valid pixels without a class (255)."""
-  return labels == UNLABELED
-
-
 def partial_cross_entropy(logits: Array, labels: Array) -> Array:
   """Partial CE ``mean_{i∈S} -ln σ_i^{ȳ_i}`` over scribbled pixels (eq. 3).
 
@@ -104,7 +91,7 @@ def partial_cross_entropy(logits: Array, labels: Array) -> Array:
   Returns:
     Scalar; 0 when no pixel is scribbled.
   """
-  mask = scribbled(labels)
+  mask = label_codes.scribbled(labels)
   log_sigma = jax.nn.log_softmax(logits, axis=-1)
   safe = jnp.where(mask, labels, 0)
   nll = -jnp.take_along_axis(log_sigma, safe[..., None], axis=-1)[..., 0]
@@ -138,7 +125,7 @@ def self_labeling_loss(
   sigma = jax.nn.softmax(logits, axis=-1)
   unary = h(sigma, jax.lax.stop_gradient(y))
   return partial_cross_entropy(logits, labels) + eta * _masked_mean(
-      unary, unlabeled(labels)
+      unary, label_codes.unlabeled(labels)
   )
 
 
@@ -184,6 +171,6 @@ def gradient_descent_loss(
   num_pairs = jnp.sum(neighborhoods.pair_mask(labels, neighborhood))
   return (
       partial_cross_entropy(logits, labels)
-      + eta * _masked_mean(entropy(logits), unlabeled(labels))
+      + eta * _masked_mean(entropy(logits), label_codes.unlabeled(labels))
       + lam * potts_sum / jnp.maximum(num_pairs, 1.0)
   )

@@ -22,9 +22,9 @@ from typing import Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-Array = jnp.ndarray
+from potts_jax import labels as label_codes
 
-PADDING = 254
+Array = jnp.ndarray
 
 #: Largest offset a grid neighbourhood uses (the zero border of shifts).
 HALO = 1
@@ -96,7 +96,7 @@ def pair_mask(labels: Array, neighborhood: str = "nn4") -> Array:
     labels: ``[B, H, W]`` int; 254 marks padding.
     neighborhood: ``nn4`` or ``nn8``.
   """
-  valid = (labels != PADDING).astype(jnp.float32)
+  valid = label_codes.valid(labels).astype(jnp.float32)
   # Shifting with zero fill also drops partners outside the image.
   return jnp.stack(
       [valid * shift(valid, dy, dx) for dy, dx in OFFSETS[check_name(neighborhood)]],

@@ -29,7 +29,7 @@ import scipy.sparse as sparse
 import scipy.sparse.linalg as sparse_linalg
 import scipy.special
 
-from potts_jax import losses
+from potts_jax import labels as label_codes
 from potts_jax import neighborhoods
 from potts_jax import solver
 
@@ -65,9 +65,10 @@ def _solve_image(sigma, labels, weights, offsets, eta, lam):
   h, w, k = sigma.shape
   n = h * w
   flat_labels = labels.ravel()
-  free = np.flatnonzero(flat_labels == losses.UNLABELED)
+  free = np.flatnonzero(flat_labels == label_codes.UNLABELED)
   fixed = np.flatnonzero(
-      (flat_labels != losses.UNLABELED) & (flat_labels != losses.PADDING)
+      (flat_labels != label_codes.UNLABELED)
+      & (flat_labels != label_codes.PADDING)
   )
   y = sigma.reshape(n, k).copy()  # padding keeps σ_i
   y[fixed] = np.eye(k)[flat_labels[fixed]]

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from potts_jax import labels as label_codes
 from potts_jax import losses
 from potts_jax import neighborhoods
 from potts_jax import potts
@@ -77,14 +78,14 @@ def validate_inputs(logits: Any, image: Any, labels: Any) -> None:
   values = np.unique(np.asarray(labels))
   bad = values[
       ((values < 0) | (values >= k))
-      & (values != losses.PADDING)
-      & (values != losses.UNLABELED)
+      & (values != label_codes.PADDING)
+      & (values != label_codes.UNLABELED)
   ]
   if bad.size:
     raise ValueError(
         f"labels hold value(s) {bad[:10].tolist()}; expected a class in "
-        f"0..{k - 1} (K={k} from logits), {losses.UNLABELED} (unlabeled) or "
-        f"{losses.PADDING} (padding)"
+        f"0..{k - 1} (K={k} from logits), {label_codes.UNLABELED} "
+        f"(unlabeled) or {label_codes.PADDING} (padding)"
     )
 
 
@@ -111,7 +112,7 @@ class _Problem(NamedTuple):
 def _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
   k = logits.shape[-1]
   labels = jnp.asarray(labels, jnp.int32)
-  labeled = losses.scribbled(labels)
+  labeled = label_codes.scribbled(labels)
   onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k, dtype=jnp.float32)
   onehot = onehot * labeled[..., None]
   weights = lam * neighborhoods.affinities(
@@ -124,7 +125,7 @@ def _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
       onehot=onehot,
       labeled=labeled[..., None],
       free=(~labeled).astype(jnp.float32),
-      unary_weight=eta * losses.unlabeled(labels).astype(jnp.float32),
+      unary_weight=eta * label_codes.unlabeled(labels).astype(jnp.float32),
       weights=tuple(weights[..., d] for d in range(weights.shape[-1])),
   )
 

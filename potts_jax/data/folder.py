@@ -18,8 +18,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-PADDING = 254
-
+from potts_jax.labels import PADDING
 
 class Example(NamedTuple):
   """One image with its labels, as numpy arrays."""
