@@ -71,27 +71,31 @@ def plain_energy(y, sigma, unary_mask, weights, relaxation):
   return total
 
 
-def numpy_energy(y, logits, image, labels, neighborhood):
-  """E(y) of H_CCE + P_CD in float64 numpy, per image ``[B]``."""
-  y, logits, image = (np.asarray(v, np.float64) for v in (y, logits, image))
+def float64_energy(y, logits, image, labels, neighborhood, xp=np):
+  """E(y) of H_CCE + P_CD in float64, per image ``[B]``, written out here.
+
+  ``xp`` is ``numpy`` (evaluation) or ``jax.numpy`` under x64 (the float64
+  autodiff loop of ``solver_precision.py``).
+  """
+  y, logits, image = (xp.asarray(v, xp.float64) for v in (y, logits, image))
   labels = np.asarray(labels)
-  log = lambda x: np.log(np.maximum(x, potts.EPS))
-  sigma = np.exp(logits - logits.max(-1, keepdims=True))
-  sigma /= sigma.sum(-1, keepdims=True)
-  total = ETA * np.sum((labels == 255) * -log(np.sum(sigma * y, -1)), (1, 2))
+  log = lambda x: xp.log(xp.maximum(x, potts.EPS))
+  sigma = xp.exp(logits - logits.max(-1, keepdims=True))
+  sigma = sigma / sigma.sum(-1, keepdims=True)
+  total = ETA * xp.sum((labels == 255) * -log(xp.sum(sigma * y, -1)), (1, 2))
   valid = labels != 254
   _, h, w = labels.shape
   for dy, dx in neighborhoods.OFFSETS[neighborhood]:
     c0, c1 = max(0, -dx), w - max(0, dx)
     a = (slice(None), slice(0, h - dy), slice(c0, c1))
     b = (slice(None), slice(dy, h), slice(c0 + dx, c1 + dx))
-    weight = np.exp(-np.sum((image[a] - image[b]) ** 2, -1)
+    weight = xp.exp(-xp.sum((image[a] - image[b]) ** 2, -1)
                     / (2 * SIGMA_RGB**2)) * valid[a] * valid[b]
-    weight /= np.sqrt(2.0) if dy and dx else 1.0
+    weight = weight / (np.sqrt(2.0) if dy and dx else 1.0)
     p, q = y[a], y[b]
-    cd = (-log(np.sum(p * q, -1)) + 0.5 * log(np.sum(p * p, -1))
-          + 0.5 * log(np.sum(q * q, -1)))
-    total += LAM * np.sum(weight * cd, (1, 2))
+    cd = (-log(xp.sum(p * q, -1)) + 0.5 * log(xp.sum(p * p, -1))
+          + 0.5 * log(xp.sum(q * q, -1)))
+    total = total + LAM * xp.sum(weight * cd, (1, 2))
   return total
 
 
@@ -171,7 +175,7 @@ def measure(shape, neighborhood, repeats, baseline):
                        repeats)
     # Energies in float64 numpy, so that the comparison measures the two
     # float32 iterates rather than float32 rounding in the energy's sums.
-    e, e0 = (numpy_energy(v, logits, image, labels, neighborhood)
+    e, e0 = (float64_energy(v, logits, image, labels, neighborhood)
              for v in (y, y0))
     row.update(
         baseline_compile_s=round(base_compile, 2),

@@ -4,7 +4,7 @@
 loop, both in float32. Where they differ (nn8 energies by ~1e-5 relative),
 this script says which one is off: it runs both in float32 (in a child
 process, x64 off) and the textbook loop in float64 (x64 on, weights and
-energy written here in float64), then prints, per solver, the relative energy
+energy in float64 from ``solver.float64_energy``), then prints, per solver, the relative energy
 difference and the mean / max |Δy| to the float64 iterates::
 
   python benchmarks/solver_precision.py                       # 2x128x128x21 nn8
@@ -40,34 +40,15 @@ def float64_run(shape, neighborhood):
   jax.config.update("jax_enable_x64", True)
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import solver as bench  # pylint: disable=g-import-not-at-top
-  from potts_jax import neighborhoods  # pylint: disable=g-import-not-at-top
 
   logits, image, labels = (np.asarray(v) for v in bench.make_inputs(*shape))
   l0 = jnp.asarray(logits, jnp.float64)
-  img = jnp.asarray(image, jnp.float64)
   k = logits.shape[-1]
   labeled = (labels < 254)[..., None]
   onehot = jax.nn.one_hot(np.where(labels < 254, labels, 0), k,
                           dtype=jnp.float64)
-  sigma = jax.nn.softmax(l0, -1)
-  valid = labels != 254
-  _, h, w = labels.shape
-  log = lambda x: jnp.log(jnp.maximum(x, 1e-30))
-
-  def energy(y):
-    total = bench.ETA * jnp.sum((labels == 255) * -log(jnp.sum(sigma * y, -1)))
-    for dy, dx in neighborhoods.OFFSETS[neighborhood]:
-      c0, c1 = max(0, -dx), w - max(0, dx)
-      a = (slice(None), slice(0, h - dy), slice(c0, c1))
-      b = (slice(None), slice(dy, h), slice(c0 + dx, c1 + dx))
-      weight = jnp.exp(-jnp.sum((img[a] - img[b]) ** 2, -1)
-                       / (2 * bench.SIGMA_RGB**2)) * valid[a] * valid[b]
-      weight = weight / (np.sqrt(2.0) if dy and dx else 1.0)
-      p, q = y[a], y[b]
-      cd = (-log(jnp.sum(p * q, -1)) + 0.5 * log(jnp.sum(p * p, -1))
-            + 0.5 * log(jnp.sum(q * q, -1)))
-      total += bench.LAM * jnp.sum(weight * cd)
-    return total
+  energy = lambda y: jnp.sum(bench.float64_energy(
+      y, logits, image, labels, neighborhood, xp=jnp))
 
   to_y = lambda l: jnp.where(labeled, onehot, jax.nn.softmax(l, -1))
   step = lambda _, l: l - bench.STEP * jax.grad(lambda v: energy(to_y(v)))(l)
@@ -92,9 +73,9 @@ def main():
                    check=True)
     runs = dict(np.load(out))
   inputs, y64, bench = float64_run(shape, args.neighborhood)
-  e64 = bench.numpy_energy(y64, *inputs, args.neighborhood)
+  e64 = bench.float64_energy(y64, *inputs, args.neighborhood)
   for name, y in runs.items():
-    e = bench.numpy_energy(y, *inputs, args.neighborhood)
+    e = bench.float64_energy(y, *inputs, args.neighborhood)
     print(json.dumps(dict(
         solver=name, shape=list(shape), neighborhood=args.neighborhood,
         steps=bench.STEPS,
