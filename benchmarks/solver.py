@@ -37,7 +37,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from potts_jax import neighborhoods, potts, solver  # noqa: E402
+from potts_jax import cpu_solver, neighborhoods, potts, solver  # noqa: E402
 
 STEPS = 200  # set by --steps
 ETA, LAM, SIGMA_RGB, STEP = 0.3, 6.0, 9.0, 0.075
@@ -121,10 +121,12 @@ def plain_solve(logits, image, labels, relaxation="cd", neighborhood="nn4"):
   return to_y(l)
 
 
-def ours_solve(logits, image, labels, relaxation="cd", neighborhood="nn4"):
+def ours_solve(logits, image, labels, relaxation="cd", neighborhood="nn4",
+               kernel="auto"):
   return solver.solve(logits, image, labels, relaxation=relaxation,
                       neighborhood=neighborhood, eta=ETA, lam=LAM,
-                      sigma_rgb=SIGMA_RGB, num_steps=STEPS, step_size=STEP)
+                      sigma_rgb=SIGMA_RGB, num_steps=STEPS, step_size=STEP,
+                      kernel=kernel)
 
 
 def compiled_bytes(jitted, *args, **kwargs):
@@ -149,24 +151,35 @@ def timed(fn, repeats):
   return out, statistics.median(times)
 
 
-def measure(shape, neighborhood, repeats, baseline):
+def measure(shape, neighborhood, repeats, baseline, kernels):
   b, h, w, k = shape
   logits, image, labels = make_inputs(b, h, w, k)
   opts = dict(relaxation="cd", neighborhood=neighborhood)
   args = (logits, image, labels, jnp.float32(ETA), jnp.float32(LAM),
           jnp.float32(SIGMA_RGB), jnp.float32(STEP))
-  static = dict(relaxation="cd", cross_entropy="cce", neighborhood=neighborhood,
-                num_steps=STEPS, optimizer=None, record=False)
-  _, ours_compile, ours_bytes = compiled_bytes(solver._solve, *args, **static)
-  ours_solve(logits, image, labels, **opts)  # warm the dispatch cache
-  y, ours_s = timed(lambda: ours_solve(logits, image, labels, **opts), repeats)
   mpix = b * h * w * STEPS / 1e6
-  row = dict(
-      shape=list(shape), neighborhood=neighborhood, steps=STEPS,
-      relaxation="cd", cross_entropy="cce", compile_s=round(ours_compile, 2),
-      seconds=round(ours_s, 3), mpixel_steps_per_s=round(mpix / ours_s, 1),
-      xla_bytes=ours_bytes,
-  )
+  row = dict(shape=list(shape), neighborhood=neighborhood, steps=STEPS,
+             relaxation="cd", cross_entropy="cce",
+             native_available=cpu_solver.available())
+  results = {}
+  for kernel in kernels:
+    static = dict(relaxation="cd", cross_entropy="cce",
+                  neighborhood=neighborhood, num_steps=STEPS, optimizer=None,
+                  record=False, kernel=kernel)
+    _, compile_s, xla_bytes = compiled_bytes(solver._solve, *args, **static)
+    ours_solve(logits, image, labels, kernel=kernel, **opts)  # warm dispatch
+    results[kernel], seconds = timed(
+        lambda: ours_solve(logits, image, labels, kernel=kernel, **opts),
+        repeats)
+    prefix = "" if kernel == kernels[0] else f"{kernel}_"
+    row.update({
+        f"{prefix}kernel": kernel, f"{prefix}compile_s": round(compile_s, 2),
+        f"{prefix}seconds": round(seconds, 3),
+        f"{prefix}mpixel_steps_per_s": round(mpix / seconds, 1),
+        f"{prefix}xla_bytes": xla_bytes,
+    })
+  y = results[kernels[0]]
+  ours_s = row["seconds"]
   if baseline:
     _, base_compile, base_bytes = compiled_bytes(plain_solve, logits, image,
                                                  labels, **opts)
@@ -184,6 +197,15 @@ def measure(shape, neighborhood, repeats, baseline):
         rel_energy_diff=float(np.max(np.abs(e - e0) / np.abs(e0))),
         mean_abs_dy=float(jnp.mean(jnp.abs(y - y0))),
     )
+    for kernel in kernels[1:]:
+      e1 = float64_energy(results[kernel], logits, image, labels, neighborhood)
+      row.update({
+          f"{kernel}_speedup": round(base_s / row[f"{kernel}_seconds"], 2),
+          f"{kernel}_rel_energy_diff": float(
+              np.max(np.abs(e1 - e0) / np.abs(e0))),
+          f"{kernel}_mean_abs_dy": float(
+              jnp.mean(jnp.abs(results[kernel] - y0))),
+      })
   row.update(max_rss_gb=round(
       resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
   return row
@@ -215,6 +237,10 @@ def main():
                       help="also append rows to this JSON-lines file and skip "
                       "measurements it already holds (resumable)")
   parser.add_argument("--no-baseline", action="store_true")
+  parser.add_argument("--kernels", default="auto,xla",
+                      help="solver kernels to time, the first one as 'ours' "
+                      "(auto: the native CPU loop where available; xla: "
+                      "the XLA loop)")
   parser.add_argument("--hoisted-loops", action="store_true",
                       help="keep XLA's default small-while-loop hoisting "
                       "(see potts_jax/xla_flags.py)")
@@ -234,7 +260,8 @@ def main():
     for nb in args.neighborhoods.split(","):
       if (shape, nb, STEPS) in done:
         continue
-      row = measure(shape, nb, args.repeats, not args.no_baseline)
+      row = measure(shape, nb, args.repeats, not args.no_baseline,
+                    args.kernels.split(","))
       row.update(jax=jax.__version__, xla_flags=header["xla_flags"])
       print(json.dumps(row), flush=True)
       if args.out:

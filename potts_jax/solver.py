@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from potts_jax import cpu_solver
 from potts_jax import labels as label_codes
 from potts_jax import losses
 from potts_jax import neighborhoods
@@ -89,7 +90,12 @@ def validate_inputs(logits: Any, image: Any, labels: Any) -> None:
     )
 
 
-def _check_options(relaxation, cross_entropy, neighborhood, num_steps):
+KERNELS = ("auto", "xla")
+
+
+def _check_options(relaxation, cross_entropy, neighborhood, num_steps, kernel):
+  if kernel not in KERNELS:
+    raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
   potts.check_name(relaxation)
   losses.check_name(cross_entropy)
   neighborhoods.check_name(neighborhood)
@@ -258,12 +264,13 @@ def _energy_value(y, prob, relaxation, cross_entropy):
     jax.jit,
     static_argnames=(
         "relaxation", "cross_entropy", "neighborhood", "num_steps",
-        "optimizer", "record",
+        "optimizer", "record", "kernel",
     ),
 )
 def _solve(
     logits, image, labels, eta, lam, sigma_rgb, step_size, *,
     relaxation, cross_entropy, neighborhood, num_steps, optimizer, record,
+    kernel,
 ):
   """The loop. Plain descent runs on ``y`` directly (see :func:`solve`)."""
   prob = _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta,
@@ -311,7 +318,20 @@ def _solve(
 
     carry, energies = jax.lax.scan(body, carry0, None, length=num_steps)
   else:
-    carry = jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry0)
+    def xla_loop(carry):
+      return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
+
+    if optimizer is None and kernel == "auto" and cpu_solver.available():
+      def native_loop(v):
+        return cpu_solver.descend(
+            v, prob.sigma, prob.log_sigma, jnp.stack(prob.weights, axis=-1),
+            prob.unary_weight, prob.free, step_size, num_steps=num_steps,
+            relaxation=relaxation, cross_entropy=cross_entropy)
+
+      carry = jax.lax.platform_dependent(carry0, cpu=native_loop,
+                                         default=xla_loop)
+    else:
+      carry = xla_loop(carry0)
     energies = None
   y = _reset(to_y(carry), prob)
   if record:
@@ -320,15 +340,16 @@ def _solve(
 
 
 def _run(logits, image, labels, *, relaxation, cross_entropy, neighborhood,
-         eta, lam, sigma_rgb, num_steps, step_size, optimizer, record):
-  _check_options(relaxation, cross_entropy, neighborhood, num_steps)
+         eta, lam, sigma_rgb, num_steps, step_size, optimizer, record,
+         kernel="auto"):
+  _check_options(relaxation, cross_entropy, neighborhood, num_steps, kernel)
   validate_inputs(logits, image, labels)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   return _solve(
       logits, image, labels, f32(eta), f32(lam), f32(sigma_rgb), f32(step_size),
       relaxation=relaxation, cross_entropy=cross_entropy,
       neighborhood=neighborhood, num_steps=int(num_steps), optimizer=optimizer,
-      record=record,
+      record=record, kernel=kernel,
   )
 
 
@@ -346,6 +367,7 @@ def solve(
     num_steps: int = 200,
     step_size: float = 0.075,
     optimizer: optax.GradientTransformation | None = None,
+    kernel: str = "auto",
 ) -> Array:
   """Soft pseudo-labels for one batch (paper Appendix B).
 
@@ -368,6 +390,10 @@ def solve(
     optimizer: optional optax transformation used instead of plain descent
       (``step_size`` is then ignored; build it once and reuse it, as a new
       object retraces).
+    kernel: ``auto`` runs plain descent on the CPU backend as one native call
+      (:mod:`potts_jax.cpu_solver`, same iterates up to float32 rounding)
+      when it could be built, and the XLA loop elsewhere; ``xla`` always
+      runs the XLA loop.
 
   Returns:
     ``[B, H, W, K]`` float32 pseudo-labels on the simplex, scribbled pixels
@@ -377,7 +403,7 @@ def solve(
       logits, image, labels, relaxation=relaxation, cross_entropy=cross_entropy,
       neighborhood=neighborhood, eta=eta, lam=lam, sigma_rgb=sigma_rgb,
       num_steps=num_steps, step_size=step_size, optimizer=optimizer,
-      record=False,
+      record=False, kernel=kernel,
   )
   return y
 
@@ -391,7 +417,7 @@ def solve_with_energies(logits: Array, image: Array, labels: Array, **options):
   """
   full = dict(relaxation="cd", cross_entropy="cce", neighborhood="nn4",
               eta=0.3, lam=6.0, sigma_rgb=9.0, num_steps=200, step_size=0.075,
-              optimizer=None)
+              optimizer=None, kernel="auto")
   unknown = set(options) - set(full)
   if unknown:
     raise TypeError(f"unknown solver option(s) {sorted(unknown)}")
@@ -417,13 +443,14 @@ def energy(
 
   ``η Σ_{i valid, unlabeled} H(σ_i, y_i) + λ Σ_{(i,j)} w_ij P(y_i, y_j)`` with
   ``σ = softmax(logits)``. ``y`` is taken as given (no scribble reset).
-  Solver-only options (``num_steps``, ``step_size``, ``optimizer``) are
+  Solver-only options (``num_steps``, ``step_size``, ``optimizer``,
+  ``kernel``) are
   accepted and ignored so that one options dict serves both functions.
 
   Returns:
     ``[B]`` float32.
   """
-  extra = set(unused) - {"num_steps", "step_size", "optimizer"}
+  extra = set(unused) - {"num_steps", "step_size", "optimizer", "kernel"}
   if extra:
     raise TypeError(f"unknown energy option(s) {sorted(extra)}")
   potts.check_name(relaxation)

@@ -1,0 +1,181 @@
+"""The solver's plain-descent loop on the CPU as one native XLA FFI call.
+
+XLA:CPU runs the solver's step as a dozen separate loops: the channel sums,
+some twenty small per-pixel fusions, and an update pass that recomputes the
+per-pixel coefficients for every class (XLA:CPU drops the optimisation
+barrier that would materialise them). ``native/grid_solver.cc`` computes the
+same iterates in one sweep over the rows of each image per step, so that the
+iterate and ``σ`` are read from memory once per step, with images spread over
+the CPU's threads (``benchmarks/solver.py`` measures both; RESULTS.md).
+
+The kernel is compiled on first use with the system's C++ compiler (``$CXX``,
+else ``c++``/``g++``) against the XLA FFI headers that ship with jaxlib, for
+this machine's CPU (``-march=native``), into
+``~/.cache/potts_jax/native`` (``$POTTS_JAX_NATIVE_DIR`` overrides), keyed by
+the source, the flags, the compiler, jaxlib and the CPU, and loaded with
+``ctypes``. Where no compiler works, or with ``POTTS_JAX_NATIVE=0``,
+:func:`available` is False and the solver keeps its XLA loop (one warning says
+why). Only the CPU backend uses it; other backends always run the XLA loop.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from potts_jax import losses
+from potts_jax import potts
+
+SOURCE = pathlib.Path(__file__).parent / "native" / "grid_solver.cc"
+TARGET = "potts_jax_grid_solve"
+FLAGS = (
+    "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
+    "-fno-math-errno", "-ffp-contract=fast",
+)
+# The kernel's codes, in its enum order.
+RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
+CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
+assert set(RELAXATIONS) == set(potts.NAMES)
+assert set(CROSS_ENTROPIES) == set(losses.NAMES)
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    if name and shutil.which(name):
+      return name
+  return None
+
+
+def _cpu_signature() -> str:
+  """What ``-march=native`` depends on (so a shared cache never SIGILLs)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      lines = [l for l in f if l.startswith(("model name", "flags"))]
+    return "".join(sorted(set(lines)))
+  except OSError:
+    return platform.processor() + platform.machine()
+
+
+def _cache_dir() -> pathlib.Path:
+  default = pathlib.Path.home() / ".cache" / "potts_jax" / "native"
+  return pathlib.Path(os.environ.get("POTTS_JAX_NATIVE_DIR", default))
+
+
+def build() -> pathlib.Path:
+  """Compiles the kernel (once per key) and returns the shared library's path.
+
+  Raises:
+    RuntimeError: naming the compiler command and its error output.
+  """
+  cxx = _compiler()
+  if cxx is None:
+    raise RuntimeError(
+        "no C++ compiler found (tried $CXX, c++, g++, clang++)")
+  version = subprocess.run([cxx, "--version"], capture_output=True,
+                           text=True).stdout
+  include = jax.ffi.include_dir()
+  key = hashlib.sha256("\0".join([
+      SOURCE.read_text(), " ".join(FLAGS), version, jax.__version__,
+      jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
+      include, _cpu_signature(), platform.machine(),
+  ]).encode()).hexdigest()[:16]
+  out = _cache_dir() / key / "libpotts_grid_solver.so"
+  if out.is_file():
+    return out
+  out.parent.mkdir(parents=True, exist_ok=True)
+  # Compile to a temporary name and rename, so that concurrent processes
+  # (pytest workers) never load a half-written library.
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+  os.close(fd)
+  cmd = [cxx, *FLAGS, f"-I{include}", str(SOURCE), "-o", tmp]
+  result = subprocess.run(cmd, capture_output=True, text=True)
+  if result.returncode != 0:
+    os.unlink(tmp)
+    raise RuntimeError(
+        f"compiling {SOURCE} failed: {' '.join(cmd)}\n{result.stderr[-2000:]}")
+  os.replace(tmp, out)
+  return out
+
+
+@functools.cache
+def available() -> bool:
+  """Whether the native loop is built, loaded and registered with XLA."""
+  if os.environ.get("POTTS_JAX_NATIVE", "1") == "0":
+    return False
+  try:
+    library = ctypes.cdll.LoadLibrary(str(build()))
+    jax.ffi.register_ffi_target(
+        TARGET, jax.ffi.pycapsule(library.PottsGridSolve), platform="cpu")
+  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    warnings.warn(
+        f"potts_jax: the native CPU solver loop is unavailable, using the "
+        f"XLA loop (slower on CPU): {e}", RuntimeWarning, stacklevel=2)
+    return False
+  return True
+
+
+def _threads() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:
+    return os.cpu_count() or 1
+
+
+def _varying_axes(x) -> set:
+  """The shard_map mesh axes ``x`` varies over (empty outside shard_map)."""
+  aval = jax.typeof(x)
+  manual = getattr(aval, "manual_axis_type", None)  # jax >= 0.10
+  if manual is not None:
+    return set(manual.varying)
+  return set(getattr(aval, "vma", ()))
+
+
+def descend(v0, sigma, log_sigma, weights, unary_weight, free, step_size, *,
+            num_steps: int, relaxation: str, cross_entropy: str):
+  """``num_steps`` plain-descent steps of ``potts_jax.solver`` on the CPU.
+
+  Call only when :func:`available` is True, and only in code lowered for the
+  CPU (``solver`` wraps it in ``lax.platform_dependent``).
+
+  Args:
+    v0: ``[B, H, W, K]`` initial iterate (the reset ``σ``).
+    sigma, log_sigma: ``[B, H, W, K]`` the prediction and its guarded log.
+    weights: ``[B, H, W, D]`` ``λ·w_ij`` per offset (D = 2 for nn4, 4 for nn8).
+    unary_weight: ``[B, H, W]`` η on valid unlabeled pixels, else 0.
+    free: ``[B, H, W]`` 1 where ``y`` may move, 0 on scribbles.
+    step_size: scalar step on the logits.
+    num_steps, relaxation, cross_entropy: as in ``solver.solve``.
+
+  Returns:
+    ``[B, H, W, K]`` the unnormalised iterate ``v`` after ``num_steps`` steps
+    (``y = v / Σ_k v``).
+  """
+  args = [jnp.asarray(x, jnp.float32) for x in (
+      v0, sigma, log_sigma, weights, unary_weight, free, step_size)]
+  call = jax.ffi.ffi_call(
+      TARGET, jax.ShapeDtypeStruct(v0.shape, jnp.float32),
+      vmap_method="sequential")
+  v = call(
+      *args,
+      num_steps=np.int64(num_steps),
+      relaxation=np.int64(RELAXATIONS.index(relaxation)),
+      cross_entropy=np.int64(CROSS_ENTROPIES.index(cross_entropy)),
+      eps=np.float32(potts.EPS), num_threads=np.int64(_threads()))
+  # Inside shard_map the result varies over the mesh axes its inputs vary
+  # over, as the XLA loop's does (the FFI call's own type says it does not).
+  varying = set().union(*(_varying_axes(x) for x in args))
+  if varying:
+    v = jax.lax.pcast(v, tuple(sorted(varying)), to="varying")
+  return v

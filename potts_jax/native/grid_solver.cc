@@ -1,0 +1,448 @@
+// The soft pseudo-label solver's loop on the CPU, as one XLA FFI call.
+//
+// Computes exactly the iterates of the XLA loop in potts_jax/solver.py
+// (plain descent on the logits carried out on the unnormalised iterate v,
+// y = v / sum_k v):
+//
+//   v <- r v exp(-t * free * grad),  grad = y (.) (g - y^T g),  g = dE/dy,
+//
+// for a grid neighbourhood (nn4: offsets (0,1),(1,0); nn8: also (1,1),(1,-1))
+// and any relaxation / cross-entropy of potts.py / losses.py, with the same
+// guards (ln max(x, eps) and sqrt max(x, eps) with zero slope below eps).
+// What it adds over XLA:CPU is locality: each step is one sweep over the rows
+// of an image in which row h+1's channel sums, row h's per-pair partials and
+// row h's update are computed together, so v and sigma are read from memory
+// once per step and no per-pixel coefficient plane is recomputed per class.
+// Images are distributed over threads; each thread runs all steps of its
+// images. Keep the formulas in step with solver._logit_step (the tests compare
+// the two on every relaxation and cross-entropy).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+// Relaxation and cross-entropy codes; the order is potts.NAMES / losses.NAMES
+// (checked from Python by cpu_solver.py).
+enum Relaxation { kBl = 0, kQ, kNq, kCce, kCd, kLq };
+enum CrossEntropy { kCe = 0, kRce, kCceH, kQH };
+
+constexpr int kMaxOffsets = 4;
+constexpr int kMaxVectors = 64;  // 512 classes.
+constexpr int kDy[kMaxOffsets] = {0, 1, 1, 1};
+constexpr int kDx[kMaxOffsets] = {1, 0, 1, -1};
+
+// Eight float32 lanes (GCC/Clang vector extensions: AVX with -march=native
+// on x86-64, split into narrower registers elsewhere).
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+
+inline __attribute__((always_inline)) v8 splat(float x) {
+  return v8{x, x, x, x, x, x, x, x};
+}
+
+inline __attribute__((always_inline)) float hsum(v8 x) {
+  return ((x[0] + x[4]) + (x[1] + x[5])) + ((x[2] + x[6]) + (x[3] + x[7]));
+}
+
+// exp(x) in float32 (Cephes' expf: range reduction by ln 2 in two parts and a
+// degree-6 polynomial, relative error ~1e-7), branch-free on eight lanes.
+// Returns 0 below -87.3 (where expf underflows) and clamps at 88.4.
+inline __attribute__((always_inline)) v8 exp8(v8 x) {
+  const v8 hi = x < 88.37626f ? x : splat(88.37626f);
+  const v8 lo = hi > -87.33654f ? hi : splat(-87.33654f);
+  const v8 y = lo * 1.44269504088896341f;
+  const v8i ni = __builtin_convertvector(y + (y >= 0.0f ? splat(0.5f) : splat(-0.5f)), v8i);
+  const v8 n = __builtin_convertvector(ni, v8);
+  v8 r = lo - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  v8 p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const v8 scale = (v8)((ni + 127) << 23);
+  return x < -87.33654f ? splat(0.0f) : p * scale;
+}
+
+// w * (dP/ds, dP/da, dP/db) of relaxation R at (s, a, b), with the guards of
+// potts.safe_log / potts.safe_sqrt (zero slope below eps). Branch-free, so
+// that pair_row's loop over a row vectorises; 0 wherever w is 0.
+template <int R>
+inline __attribute__((always_inline)) void partials(
+    float w, float s, float a, float b, float eps, float* fs, float* fa,
+    float* fb) {
+  // Guarded reciprocals: 1/x where x > eps, else 0 (and no division by 0).
+  auto inv = [eps](float x) { return x > eps ? 1.0f / (x > eps ? x : 1.0f) : 0.0f; };
+  if (R == kBl) {
+    *fs = -w, *fa = 0.0f, *fb = 0.0f;
+  } else if (R == kQ) {
+    *fs = -w, *fa = 0.5f * w, *fb = 0.5f * w;
+  } else if (R == kNq) {
+    const float p = a * b;
+    const bool ok = p > eps;
+    const float sq = std::sqrt(ok ? p : eps);
+    const float isq = 1.0f / sq;
+    *fs = -w * isq;
+    const float fp = ok ? w * 0.5f * s * isq * isq * isq : 0.0f;
+    *fa = fp * b, *fb = fp * a;
+  } else if (R == kCce) {
+    *fs = -w * inv(s), *fa = 0.0f, *fb = 0.0f;
+  } else if (R == kCd) {
+    *fs = -w * inv(s), *fa = 0.5f * w * inv(a), *fb = 0.5f * w * inv(b);
+  } else {  // kLq: -ln(1 - (a + b)/2 + s).
+    const float fx = -w * inv(1.0f - 0.5f * (a + b) + s);
+    *fs = fx, *fa = -0.5f * fx, *fb = -0.5f * fx;
+  }
+}
+
+// Inside the kernel, every pixel's K classes are padded with zeros to kp =
+// nv * 8 lanes: a zero class stays zero (its update multiplies 0) and adds
+// nothing to any sum, so padding changes no result.
+struct Problem {
+  int64_t h, w, k, d, nv;
+  int relaxation, cross_entropy;
+  float eps, step;
+};
+
+// Per-thread planes for one image, [H * W] each.
+struct Planes {
+  Planes(int64_t n, int64_t d)
+      : r(n), a(n), u1(n), u2(n), s(d * n), fs(d * n), fa(d * n), fb(d * n) {}
+  std::vector<float> r, a, u1, u2, s, fs, fa, fb;
+};
+
+// NV > 0: the number of 8-lane vectors per pixel, known at compile time;
+// NV == 0: read from pb.nv.
+template <int NV>
+struct Rows {
+  static int64_t nv(const Problem& pb) { return NV > 0 ? NV : pb.nv; }
+
+  // Channel sums of row `row`: r = 1/sum v, a = |y|^2, the raw pair sums
+  // v_i^T v_{i+o} (kept in s until pair_row scales them), the unary sums.
+  __attribute__((noinline)) static void sums(const Problem& pb, const v8* v, const v8* sig,
+                   const v8* logsig, int64_t row, Planes& pl) {
+    const int64_t H = pb.h, W = pb.w, n = H * W, V = nv(pb);
+    for (int64_t c = 0; c < W; ++c) {
+      const int64_t i = row * W + c;
+      const v8* vi = v + i * V;
+      const v8* si = sig + i * V;
+      v8 s0 = splat(0.f), s1 = s0, u1 = s0;
+      for (int64_t j = 0; j < V; ++j) {
+        s0 += vi[j];
+        s1 += vi[j] * vi[j];
+      }
+      switch (pb.cross_entropy) {
+        case kCe:
+          for (int64_t j = 0; j < V; ++j) u1 += vi[j] * logsig[i * V + j];
+          break;
+        case kRce:
+          for (int64_t j = 0; j < V; ++j)
+            u1 += vi[j] > pb.eps ? si[j] : splat(0.f);
+          break;
+        default:  // kCceH and kQH: sigma^T v.
+          for (int64_t j = 0; j < V; ++j) u1 += si[j] * vi[j];
+          break;
+      }
+      for (int64_t o = 0; o < pb.d; ++o) {
+        const int64_t rr = row + kDy[o], cc = c + kDx[o];
+        float so = 0.f;
+        if (rr < H && cc >= 0 && cc < W) {
+          const v8* vj = v + (rr * W + cc) * V;
+          v8 acc = splat(0.f);
+          for (int64_t j = 0; j < V; ++j) acc += vi[j] * vj[j];
+          so = hsum(acc);
+        }
+        pl.s[o * n + i] = so;
+      }
+      const float r = 1.0f / hsum(s0);
+      pl.r[i] = r;
+      pl.a[i] = hsum(s1) * r * r;
+      pl.u1[i] = hsum(u1);
+    }
+  }
+
+  // The update of row `row` from v into out. Needs pair_row of rows row - 1
+  // and row.
+  __attribute__((noinline)) static void update(const Problem& pb, const v8* v, const v8* sig,
+                     const v8* logsig, const float* m, const float* fr,
+                     int64_t row, const Planes& pl, v8* out) {
+    const int64_t H = pb.h, W = pb.w, n = H * W, V = nv(pb);
+    for (int64_t c = 0; c < W; ++c) {
+      const int64_t i = row * W + c;
+      const float r = pl.r[i], a = pl.a[i];
+      // Coefficients of the (up to 2 D) neighbours' v in r * g.
+      float beta[2 * kMaxOffsets];
+      const v8* vn[2 * kMaxOffsets];
+      int nb = 0;
+      float diag = 0.f, ydotg = 0.f;
+      for (int64_t o = 0; o < pb.d; ++o) {
+        const int64_t q = o * n;
+        diag += pl.fa[q + i];
+        ydotg += pl.fs[q + i] * pl.s[q + i];
+        const int64_t rf = row + kDy[o], cf = c + kDx[o];
+        if (rf < H && cf >= 0 && cf < W) {
+          const int64_t j = rf * W + cf;
+          beta[nb] = r * pl.fs[q + i] * pl.r[j];
+          vn[nb++] = v + j * V;
+        }
+        const int64_t rb = row - kDy[o], cb = c - kDx[o];
+        if (rb >= 0 && cb >= 0 && cb < W) {
+          const int64_t j = rb * W + cb;
+          diag += pl.fb[q + j];
+          ydotg += pl.fs[q + j] * pl.s[q + j];
+          beta[nb] = r * pl.fs[q + j] * pl.r[j];
+          vn[nb++] = v + j * V;
+        }
+      }
+      ydotg += 2.f * diag * a;
+      const float mi = m[i];
+      // Unary part: y (.) dH/dy = c1 * basis1 + c2 * basis2, and y^T dH/dy.
+      float c1 = 0.f, c2 = 0.f;
+      switch (pb.cross_entropy) {
+        case kCe:
+          c1 = -mi * r, ydotg += -mi * r * pl.u1[i];
+          break;
+        case kRce:
+          c1 = -mi, ydotg += -mi * pl.u1[i];
+          break;
+        case kCceH: {
+          const float u = pl.u1[i] * r;
+          const float cu = u > pb.eps ? -mi / u : 0.f;
+          c1 = cu * r, ydotg += cu * u;
+          break;
+        }
+        default:  // kQH: y (.) (y - sigma) = r^2 v^2 - r sigma v.
+          c1 = mi * r * r, c2 = -mi * r, ydotg += mi * (a - pl.u1[i] * r);
+          break;
+      }
+      const float alpha = 2.f * diag * r * r, delta = r * ydotg;
+      const float mt = -pb.step * fr[i];
+      const v8* vi = v + i * V;
+      const v8* si = sig + i * V;
+      v8* oi = out + i * V;
+      v8 z[NV > 0 ? NV : kMaxVectors];
+      for (int64_t j = 0; j < V; ++j) {
+        // r g - y^T g in units of v, then y (.) that plus the unary part.
+        v8 g = alpha * vi[j] - delta;
+        for (int b = 0; b < nb; ++b) g += beta[b] * vn[b][j];
+        v8 grad = vi[j] * g;
+        switch (pb.cross_entropy) {
+          case kCe:
+            grad += c1 * vi[j] * logsig[i * V + j];
+            break;
+          case kRce:
+            grad += c1 * (vi[j] > pb.eps ? si[j] : splat(0.f));
+            break;
+          case kCceH:
+            grad += c1 * si[j] * vi[j];
+            break;
+          default:
+            grad += c1 * vi[j] * vi[j] + c2 * si[j] * vi[j];
+            break;
+        }
+        z[j] = mt * grad;
+      }
+      // The exps last and side by side, so that their chains overlap.
+      for (int64_t j = 0; j < V; ++j) oi[j] = r * vi[j] * exp8(z[j]);
+    }
+  }
+};
+
+// Scales row `row`'s pair sums to s = y_i^T y_{i+o} and stores the weighted
+// partials of every pair (i, i + o) with i in the row. Needs row + 1's sums.
+// Pairs whose partner lies outside the image get s = 0 and zero partials.
+template <int R>
+__attribute__((noinline)) void pair_row(const Problem& pb, const float* wts, int64_t row, Planes& pl) {
+  const int64_t H = pb.h, W = pb.w, n = H * W, D = pb.d;
+  const float eps = pb.eps;
+  for (int64_t o = 0; o < D; ++o) {
+    const int64_t i0 = row * W, j0 = (row + kDy[o]) * W + kDx[o];
+    // Columns whose partner is inside the image.
+    const int64_t c0 = std::max<int64_t>(0, -kDx[o]);
+    const int64_t c1 = row + kDy[o] < H ? W - std::max<int64_t>(0, kDx[o]) : 0;
+    float* s = pl.s.data() + o * n + i0;
+    float* fs = pl.fs.data() + o * n + i0;
+    float* fa = pl.fa.data() + o * n + i0;
+    float* fb = pl.fb.data() + o * n + i0;
+    const float* r = pl.r.data() + i0;
+    const float* a = pl.a.data() + i0;
+    const float* rj = pl.r.data() + j0;
+    const float* aj = pl.a.data() + j0;
+    for (int64_t c = 0; c < W; ++c) {
+      if (c >= c0 && c < c1) continue;
+      s[c] = fs[c] = fa[c] = fb[c] = 0.0f;
+    }
+    for (int64_t c = c0; c < c1; ++c) {
+      const float sc = s[c] * r[c] * rj[c];
+      s[c] = sc;
+      partials<R>(wts[(i0 + c) * D + o], sc, a[c], aj[c], eps, &fs[c], &fa[c],
+                  &fb[c]);
+    }
+  }
+}
+
+// One step for one image: sums of row h + 1, pairs of row h, update of row h,
+// in one sweep, so that the rows a step reads are in cache when it needs them.
+template <int NV, int R>
+void step_image(const Problem& pb, const v8* v, const v8* sig,
+                const v8* logsig, const float* wts, const float* m,
+                const float* fr, Planes& pl, v8* out) {
+  Rows<NV>::sums(pb, v, sig, logsig, 0, pl);
+  for (int64_t row = 0; row < pb.h; ++row) {
+    if (row + 1 < pb.h) Rows<NV>::sums(pb, v, sig, logsig, row + 1, pl);
+    pair_row<R>(pb, wts, row, pl);
+    Rows<NV>::update(pb, v, sig, logsig, m, fr, row, pl, out);
+  }
+}
+
+// [n, K] floats -> [n, nv] zero-padded vectors, and back.
+void pad_classes(const float* x, int64_t n, int64_t k, int64_t nv, v8* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* o = reinterpret_cast<float*>(out + i * nv);
+    std::copy(x + i * k, x + (i + 1) * k, o);
+    std::fill(o + k, o + nv * kLanes, 0.f);
+  }
+}
+
+void unpad_classes(const v8* x, int64_t n, int64_t k, int64_t nv, float* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float* p = reinterpret_cast<const float*>(x + i * nv);
+    std::copy(p, p + k, out + i * k);
+  }
+}
+
+template <int NV, int R>
+void solve_images(const Problem& pb, int64_t num_steps, int64_t b0,
+                  int64_t b1, const float* v0, const float* sig,
+                  const float* logsig, const float* wts, const float* m,
+                  const float* fr, float* out) {
+  const int64_t n = pb.h * pb.w, K = pb.k, V = pb.nv;
+  Planes pl(n, pb.d);
+  std::vector<v8> va(n * V), vb(n * V), sp(n * V);
+  std::vector<v8> lp(pb.cross_entropy == kCe ? n * V : 0);
+  for (int64_t b = b0; b < b1; ++b) {
+    pad_classes(v0 + b * n * K, n, K, V, va.data());
+    pad_classes(sig + b * n * K, n, K, V, sp.data());
+    if (!lp.empty()) pad_classes(logsig + b * n * K, n, K, V, lp.data());
+    v8* src = va.data();
+    v8* dst = vb.data();
+    for (int64_t t = 0; t < num_steps; ++t) {
+      step_image<NV, R>(pb, src, sp.data(), lp.data(), wts + b * n * pb.d,
+                     m + b * n, fr + b * n, pl, dst);
+      std::swap(src, dst);
+    }
+    unpad_classes(src, n, K, V, out + b * n * K);
+  }
+}
+
+using SolveFn = void (*)(const Problem&, int64_t, int64_t, int64_t,
+                        const float*, const float*, const float*,
+                        const float*, const float*, const float*, float*);
+
+template <int NV>
+SolveFn pick_relaxation(int relaxation) {
+  switch (relaxation) {
+    case kBl: return solve_images<NV, kBl>;
+    case kQ: return solve_images<NV, kQ>;
+    case kNq: return solve_images<NV, kNq>;
+    case kCce: return solve_images<NV, kCce>;
+    case kCd: return solve_images<NV, kCd>;
+    default: return solve_images<NV, kLq>;
+  }
+}
+
+// Up to 32 classes (nv <= 4) the class loops are unrolled at compile time.
+SolveFn pick_solve(int64_t nv, int relaxation) {
+  switch (nv) {
+    case 1: return pick_relaxation<1>(relaxation);
+    case 2: return pick_relaxation<2>(relaxation);
+    case 3: return pick_relaxation<3>(relaxation);
+    case 4: return pick_relaxation<4>(relaxation);
+    default: return pick_relaxation<0>(relaxation);
+  }
+}
+
+ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
+                         ffi::Buffer<ffi::F32> log_sigma,
+                         ffi::Buffer<ffi::F32> weights,
+                         ffi::Buffer<ffi::F32> unary_weight,
+                         ffi::Buffer<ffi::F32> free,
+                         ffi::Buffer<ffi::F32> step_size,
+                         ffi::ResultBuffer<ffi::F32> out, int64_t num_steps,
+                         int64_t relaxation, int64_t cross_entropy, float eps,
+                         int64_t num_threads) {
+  const auto dims = v0.dimensions();
+  if (dims.size() != 4) {
+    return ffi::Error::InvalidArgument("v0 must be [B, H, W, K]");
+  }
+  const int64_t B = dims[0], H = dims[1], W = dims[2], K = dims[3];
+  const auto wd = weights.dimensions();
+  if (wd.size() != 4 || wd[0] != B || wd[1] != H || wd[2] != W ||
+      (wd[3] != 2 && wd[3] != 4)) {
+    return ffi::Error::InvalidArgument(
+        "weights must be [B, H, W, 2] (nn4) or [B, H, W, 4] (nn8)");
+  }
+  if (relaxation < 0 || relaxation > kLq || cross_entropy < 0 ||
+      cross_entropy > kQH || num_steps < 0) {
+    return ffi::Error::InvalidArgument(
+        "bad relaxation, cross_entropy or num_steps code: " +
+        std::to_string(relaxation) + ", " + std::to_string(cross_entropy) +
+        ", " + std::to_string(num_steps));
+  }
+  const int64_t nv = (K + kLanes - 1) / kLanes;
+  Problem pb{H,  W, K, wd[3], nv, static_cast<int>(relaxation),
+             static_cast<int>(cross_entropy), eps, step_size.typed_data()[0]};
+  if (nv > kMaxVectors) {
+    return ffi::Error::InvalidArgument(
+        "at most " + std::to_string(kMaxVectors * kLanes) +
+        " classes; got K = " + std::to_string(K));
+  }
+  const SolveFn solve = pick_solve(nv, pb.relaxation);
+  int64_t threads = num_threads > 0
+                        ? num_threads
+                        : std::max<int64_t>(1, std::thread::hardware_concurrency());
+  threads = std::max<int64_t>(1, std::min(threads, B));
+  auto run = [&](int64_t t) {
+    const int64_t b0 = B * t / threads, b1 = B * (t + 1) / threads;
+    solve(pb, num_steps, b0, b1, v0.typed_data(), sigma.typed_data(),
+                 log_sigma.typed_data(), weights.typed_data(),
+                 unary_weight.typed_data(), free.typed_data(),
+                 out->typed_data());
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  if (B > 0) run(0);
+  for (auto& th : pool) th.join();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(PottsGridSolve, GridSolveImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // v0
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // sigma
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // log_sigma
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // weights
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // unary_weight
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // free
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // step_size
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // v
+                                  .Attr<int64_t>("num_steps")
+                                  .Attr<int64_t>("relaxation")
+                                  .Attr<int64_t>("cross_entropy")
+                                  .Attr<float>("eps")
+                                  .Attr<int64_t>("num_threads"));
