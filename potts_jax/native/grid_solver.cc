@@ -125,8 +125,8 @@ struct Planes {
 };
 
 // NV > 0: the number of 8-lane vectors per pixel, known at compile time;
-// NV == 0: read from pb.nv.
-template <int NV>
+// NV == 0: read from pb.nv. CE: the cross-entropy.
+template <int NV, int CE>
 struct Rows {
   static int64_t nv(const Problem& pb) { return NV > 0 ? NV : pb.nv; }
 
@@ -144,7 +144,7 @@ struct Rows {
         s0 += vi[j];
         s1 += vi[j] * vi[j];
       }
-      switch (pb.cross_entropy) {
+      switch (CE) {
         case kCe:
           for (int64_t j = 0; j < V; ++j) u1 += vi[j] * logsig[i * V + j];
           break;
@@ -211,7 +211,7 @@ struct Rows {
       const float mi = m[i];
       // Unary part: y (.) dH/dy = c1 * basis1 + c2 * basis2, and y^T dH/dy.
       float c1 = 0.f, c2 = 0.f;
-      switch (pb.cross_entropy) {
+      switch (CE) {
         case kCe:
           c1 = -mi * r, ydotg += -mi * r * pl.u1[i];
           break;
@@ -239,7 +239,7 @@ struct Rows {
         v8 g = alpha * vi[j] - delta;
         for (int b = 0; b < nb; ++b) g += beta[b] * vn[b][j];
         v8 grad = vi[j] * g;
-        switch (pb.cross_entropy) {
+        switch (CE) {
           case kCe:
             grad += c1 * vi[j] * logsig[i * V + j];
             break;
@@ -294,17 +294,30 @@ __attribute__((noinline)) void pair_row(const Problem& pb, const float* wts, int
   }
 }
 
+using SumsFn = void (*)(const Problem&, const v8*, const v8*, const v8*,
+                       int64_t, Planes&);
+using PairFn = void (*)(const Problem&, const float*, int64_t, Planes&);
+using UpdateFn = void (*)(const Problem&, const v8*, const v8*, const v8*,
+                          const float*, const float*, int64_t, const Planes&,
+                          v8*);
+
+// The row functions for one problem, picked once per call.
+struct RowFns {
+  SumsFn sums;
+  PairFn pairs;
+  UpdateFn update;
+};
+
 // One step for one image: sums of row h + 1, pairs of row h, update of row h,
 // in one sweep, so that the rows a step reads are in cache when it needs them.
-template <int NV, int R>
-void step_image(const Problem& pb, const v8* v, const v8* sig,
-                const v8* logsig, const float* wts, const float* m,
-                const float* fr, Planes& pl, v8* out) {
-  Rows<NV>::sums(pb, v, sig, logsig, 0, pl);
+void step_image(const Problem& pb, const RowFns& fn, const v8* v,
+                const v8* sig, const v8* logsig, const float* wts,
+                const float* m, const float* fr, Planes& pl, v8* out) {
+  fn.sums(pb, v, sig, logsig, 0, pl);
   for (int64_t row = 0; row < pb.h; ++row) {
-    if (row + 1 < pb.h) Rows<NV>::sums(pb, v, sig, logsig, row + 1, pl);
-    pair_row<R>(pb, wts, row, pl);
-    Rows<NV>::update(pb, v, sig, logsig, m, fr, row, pl, out);
+    if (row + 1 < pb.h) fn.sums(pb, v, sig, logsig, row + 1, pl);
+    fn.pairs(pb, wts, row, pl);
+    fn.update(pb, v, sig, logsig, m, fr, row, pl, out);
   }
 }
 
@@ -324,8 +337,7 @@ void unpad_classes(const v8* x, int64_t n, int64_t k, int64_t nv, float* out) {
   }
 }
 
-template <int NV, int R>
-void solve_images(const Problem& pb, int64_t num_steps, int64_t b0,
+void solve_images(const Problem& pb, const RowFns& fn, int64_t num_steps, int64_t b0,
                   int64_t b1, const float* v0, const float* sig,
                   const float* logsig, const float* wts, const float* m,
                   const float* fr, float* out) {
@@ -340,7 +352,7 @@ void solve_images(const Problem& pb, int64_t num_steps, int64_t b0,
     v8* src = va.data();
     v8* dst = vb.data();
     for (int64_t t = 0; t < num_steps; ++t) {
-      step_image<NV, R>(pb, src, sp.data(), lp.data(), wts + b * n * pb.d,
+      step_image(pb, fn, src, sp.data(), lp.data(), wts + b * n * pb.d,
                      m + b * n, fr + b * n, pl, dst);
       std::swap(src, dst);
     }
@@ -348,31 +360,36 @@ void solve_images(const Problem& pb, int64_t num_steps, int64_t b0,
   }
 }
 
-using SolveFn = void (*)(const Problem&, int64_t, int64_t, int64_t,
-                        const float*, const float*, const float*,
-                        const float*, const float*, const float*, float*);
-
 template <int NV>
-SolveFn pick_relaxation(int relaxation) {
-  switch (relaxation) {
-    case kBl: return solve_images<NV, kBl>;
-    case kQ: return solve_images<NV, kQ>;
-    case kNq: return solve_images<NV, kNq>;
-    case kCce: return solve_images<NV, kCce>;
-    case kCd: return solve_images<NV, kCd>;
-    default: return solve_images<NV, kLq>;
+RowFns pick_cross_entropy(int cross_entropy) {
+  switch (cross_entropy) {
+    case kCe: return {Rows<NV, kCe>::sums, nullptr, Rows<NV, kCe>::update};
+    case kRce: return {Rows<NV, kRce>::sums, nullptr, Rows<NV, kRce>::update};
+    case kCceH:
+      return {Rows<NV, kCceH>::sums, nullptr, Rows<NV, kCceH>::update};
+    default: return {Rows<NV, kQH>::sums, nullptr, Rows<NV, kQH>::update};
   }
 }
 
 // Up to 32 classes (nv <= 4) the class loops are unrolled at compile time.
-SolveFn pick_solve(int64_t nv, int relaxation) {
+RowFns pick_row_fns(int64_t nv, int relaxation, int cross_entropy) {
+  RowFns fn;
   switch (nv) {
-    case 1: return pick_relaxation<1>(relaxation);
-    case 2: return pick_relaxation<2>(relaxation);
-    case 3: return pick_relaxation<3>(relaxation);
-    case 4: return pick_relaxation<4>(relaxation);
-    default: return pick_relaxation<0>(relaxation);
+    case 1: fn = pick_cross_entropy<1>(cross_entropy); break;
+    case 2: fn = pick_cross_entropy<2>(cross_entropy); break;
+    case 3: fn = pick_cross_entropy<3>(cross_entropy); break;
+    case 4: fn = pick_cross_entropy<4>(cross_entropy); break;
+    default: fn = pick_cross_entropy<0>(cross_entropy); break;
   }
+  switch (relaxation) {
+    case kBl: fn.pairs = pair_row<kBl>; break;
+    case kQ: fn.pairs = pair_row<kQ>; break;
+    case kNq: fn.pairs = pair_row<kNq>; break;
+    case kCce: fn.pairs = pair_row<kCce>; break;
+    case kCd: fn.pairs = pair_row<kCd>; break;
+    default: fn.pairs = pair_row<kLq>; break;
+  }
+  return fn;
 }
 
 ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
@@ -410,14 +427,14 @@ ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
         "at most " + std::to_string(kMaxVectors * kLanes) +
         " classes; got K = " + std::to_string(K));
   }
-  const SolveFn solve = pick_solve(nv, pb.relaxation);
+  const RowFns fn = pick_row_fns(nv, pb.relaxation, pb.cross_entropy);
   int64_t threads = num_threads > 0
                         ? num_threads
                         : std::max<int64_t>(1, std::thread::hardware_concurrency());
   threads = std::max<int64_t>(1, std::min(threads, B));
   auto run = [&](int64_t t) {
     const int64_t b0 = B * t / threads, b1 = B * (t + 1) / threads;
-    solve(pb, num_steps, b0, b1, v0.typed_data(), sigma.typed_data(),
+    solve_images(pb, fn, num_steps, b0, b1, v0.typed_data(), sigma.typed_data(),
                  log_sigma.typed_data(), weights.typed_data(),
                  unary_weight.typed_data(), free.typed_data(),
                  out->typed_data());
