@@ -8,8 +8,10 @@ Run (2 CPU threads, as RESULTS.md records)::
 
 Prints one JSON object per (shape, neighbourhood): compile seconds, seconds per
 solve (median of ``--repeats``), Mpixel·steps/s, peak memory (XLA's compiled
-temp + argument + output bytes, and the process's max RSS) for ours and for
-the baseline, their speed ratio, and how far apart their results are (relative
+temp + argument + output bytes, and the process's max RSS) for ours (first of
+``--kernels``: ``auto``, the native CPU loop of ``potts_jax.cpu_solver``; then
+``xla``, our XLA loop, its keys prefixed ``xla_``) and for the baseline, the
+speed ratios, and how far apart their results are (relative
 energy difference, energies evaluated in float64; mean |Δy|). The baseline is the textbook version: NHWC,
 ``jax.grad`` of the energy through softmax and the scribble reset, in a
 ``fori_loop``; it is written here, independently of the library's solver.

@@ -15,7 +15,9 @@ this machine's CPU (``-march=native``), into
 the source, the flags, the compiler, jaxlib and the CPU, and loaded with
 ``ctypes``. Where no compiler works, or with ``POTTS_JAX_NATIVE=0``,
 :func:`available` is False and the solver keeps its XLA loop (one warning says
-why). Only the CPU backend uses it; other backends always run the XLA loop.
+why). It is used only where JAX's default backend is the CPU (and lowered
+only for CPU devices, through ``lax.platform_dependent``); on GPU and TPU
+machines the solver runs its XLA loop and nothing is compiled.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib.metadata
 import os
 import pathlib
 import platform
@@ -40,6 +43,9 @@ from potts_jax import potts
 
 SOURCE = pathlib.Path(__file__).parent / "native" / "grid_solver.cc"
 TARGET = "potts_jax_grid_solve"
+#: Most classes the kernel takes (kMaxVectors * 8 in grid_solver.cc); the
+#: solver runs the XLA loop beyond it.
+MAX_CLASSES = 512
 FLAGS = (
     "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
     "-fno-math-errno", "-ffp-contract=fast",
@@ -87,9 +93,9 @@ def build() -> pathlib.Path:
                            text=True).stdout
   include = jax.ffi.include_dir()
   key = hashlib.sha256("\0".join([
-      SOURCE.read_text(), " ".join(FLAGS), version, jax.__version__,
-      jax.lib.__version__ if hasattr(jax.lib, "__version__") else "",
-      include, _cpu_signature(), platform.machine(),
+      SOURCE.read_text(), " ".join(FLAGS), version,
+      importlib.metadata.version("jaxlib"), include, _cpu_signature(),
+      platform.machine(),
   ]).encode()).hexdigest()[:16]
   out = _cache_dir() / key / "libpotts_grid_solver.so"
   if out.is_file():
@@ -124,6 +130,17 @@ def available() -> bool:
         f"XLA loop (slower on CPU): {e}", RuntimeWarning, stacklevel=2)
     return False
   return True
+
+
+def applies(num_classes: int) -> bool:
+  """Whether ``solver`` should run its plain-descent loop natively.
+
+  True when JAX's default backend is the CPU (on GPU/TPU machines nothing is
+  compiled), ``num_classes`` is at most :data:`MAX_CLASSES` and
+  :func:`available`.
+  """
+  return (num_classes <= MAX_CLASSES and jax.default_backend() == "cpu"
+          and available())
 
 
 def _threads() -> int:

@@ -91,12 +91,14 @@ _COMBOS = ([(r, "cce", n) for r in RELAXATIONS for n in ("nn4", "nn8")]
            + [("cd", c, "nn4") for c in CROSS_ENTROPIES if c != "cce"])
 
 
+@pytest.mark.parametrize("kernel", solver.KERNELS)
 @pytest.mark.parametrize("relaxation, cross_entropy, neighborhood", _COMBOS)
-def test_iterates_match_autodiff(relaxation, cross_entropy, neighborhood):
+def test_iterates_match_autodiff(relaxation, cross_entropy, neighborhood,
+                                 kernel):
   logits, image, labels = _problem()
   y = solver.solve(logits, image, labels, relaxation=relaxation,
                    cross_entropy=cross_entropy, neighborhood=neighborhood,
-                   num_steps=3)
+                   num_steps=3, kernel=kernel)
   expected = _autodiff_solve(logits, image, labels, relaxation, cross_entropy,
                              3, diagonals=neighborhood == "nn8")
   chex.assert_trees_all_close(y, expected, atol=2e-5, rtol=0)
@@ -262,6 +264,8 @@ def test_bad_options_name_the_problem():
     solver.solve(logits, image, labels, neighborhood="dense")
   with pytest.raises(ValueError, match="num_steps"):
     solver.solve(logits, image, labels, num_steps=-1)
+  with pytest.raises(ValueError, match="'cuda'.*auto"):
+    solver.solve(logits, image, labels, kernel="cuda")
   with pytest.raises(TypeError, match="stepsize"):
     solver.solve_with_energies(logits, image, labels, stepsize=0.1)
   with pytest.raises(ValueError, match="y must have the shape"):
