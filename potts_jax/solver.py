@@ -26,7 +26,7 @@ How it is computed (same iterates as the textbook autodiff loop, measured in
 * On the CPU backend, plain descent runs as one native call
   (:mod:`potts_jax.cpu_solver`, ``native/grid_solver.cc``): the same
   formulas, one sweep over the rows of each image per step, images spread
-  over threads (about 3x the XLA:CPU loop). Other backends, the optax path,
+  over threads (1.5-2.3x the XLA:CPU loop, benchmarks/RESULTS.md). Other backends, the optax path,
   :func:`solve_with_energies` and ``kernel="xla"`` use the XLA loop.
 """
 
