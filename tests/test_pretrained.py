@@ -221,3 +221,13 @@ def test_unknown_arch():
 def test_non_rgb_image_is_refused(shape):
   with pytest.raises(ValueError, match="RGB image"):
     pretrained.imagenet_input(np.zeros(shape, np.uint8))
+
+
+def test_mis_shaped_tensor_is_named(mobilenet_v2_path):  # noqa: F811
+  from potts_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
+  state = torch_checkpoint.load(mobilenet_v2_path)
+  state["features.5.conv.2.weight"] = state["features.5.conv.2.weight"][:16]
+  with pytest.raises(ValueError, match=r"bad.pth: features.5.conv.2.weight "
+                     r"has shape \(1, 1, 192, 16\).*expects \(1, 1, 192, 32\)"):
+    pretrained.assign_state_dict(pretrained.classifier("mobilenet_v2"), state,
+                                 source="bad.pth")
