@@ -1,6 +1,7 @@
 // The soft pseudo-label solver's loop on the CPU, as one XLA FFI call.
 //
-// Computes exactly the iterates of the XLA loop in potts_jax/solver.py
+// Computes the iterates of the XLA loop in potts_jax/solver.py (equal up to
+// float32 rounding: the order of sums differs)
 // (plain descent on the logits carried out on the unnormalised iterate v,
 // y = v / sum_k v):
 //
@@ -337,8 +338,9 @@ void unpad_classes(const v8* x, int64_t n, int64_t k, int64_t nv, float* out) {
   }
 }
 
-void solve_images(const Problem& pb, const RowFns& fn, int64_t num_steps, int64_t b0,
-                  int64_t b1, const float* v0, const float* sig,
+// All steps for images b0..b1-1 (one thread's share), from v0 into out.
+void solve_images(const Problem& pb, const RowFns& fn, int64_t num_steps,
+                  int64_t b0, int64_t b1, const float* v0, const float* sig,
                   const float* logsig, const float* wts, const float* m,
                   const float* fr, float* out) {
   const int64_t n = pb.h * pb.w, K = pb.k, V = pb.nv;
@@ -353,7 +355,7 @@ void solve_images(const Problem& pb, const RowFns& fn, int64_t num_steps, int64_
     v8* dst = vb.data();
     for (int64_t t = 0; t < num_steps; ++t) {
       step_image(pb, fn, src, sp.data(), lp.data(), wts + b * n * pb.d,
-                     m + b * n, fr + b * n, pl, dst);
+                 m + b * n, fr + b * n, pl, dst);
       std::swap(src, dst);
     }
     unpad_classes(src, n, K, V, out + b * n * K);
@@ -420,7 +422,7 @@ ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
         ", " + std::to_string(num_steps));
   }
   const int64_t nv = (K + kLanes - 1) / kLanes;
-  Problem pb{H,  W, K, wd[3], nv, static_cast<int>(relaxation),
+  Problem pb{H, W, K, wd[3], nv, static_cast<int>(relaxation),
              static_cast<int>(cross_entropy), eps, step_size.typed_data()[0]};
   if (nv > kMaxVectors) {
     return ffi::Error::InvalidArgument(
@@ -434,10 +436,10 @@ ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
   threads = std::max<int64_t>(1, std::min(threads, B));
   auto run = [&](int64_t t) {
     const int64_t b0 = B * t / threads, b1 = B * (t + 1) / threads;
-    solve_images(pb, fn, num_steps, b0, b1, v0.typed_data(), sigma.typed_data(),
-                 log_sigma.typed_data(), weights.typed_data(),
-                 unary_weight.typed_data(), free.typed_data(),
-                 out->typed_data());
+    solve_images(pb, fn, num_steps, b0, b1, v0.typed_data(),
+                 sigma.typed_data(), log_sigma.typed_data(),
+                 weights.typed_data(), unary_weight.typed_data(),
+                 free.typed_data(), out->typed_data());
   };
   std::vector<std::thread> pool;
   for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
