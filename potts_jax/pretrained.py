@@ -174,8 +174,9 @@ def load_classifier(directory: str) -> nnx.Module:
   """The classification network saved by :func:`convert`, in eval mode."""
   meta, tree = _read(directory)
   model = classifier(meta["arch"])
-  _assign(model, _keys(model),
-          lambda k: _lookup(tree, _keys(model)[k][0], directory), directory)
+  table = _keys(model)
+  _assign(model, table, lambda k: _lookup(tree, table[k][0], directory),
+          directory)
   model.eval()
   return model
 
