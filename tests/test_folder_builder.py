@@ -62,7 +62,7 @@ def test_grabcut_round_trip_is_exact(shared_data, tmp_path):
   names = folder.names(root)
   assert len(names) == 50 and sorted(examples) == sorted(names)
   for name, example in examples.items():
-    image_path = folder._image_path(root, name)  # pylint: disable=protected-access
+    image_path = folder.image_path(root, name)
     with Image.open(image_path) as image:
       assert image.mode == "RGB" and image.format in ("JPEG", "PNG")
     assert example["image"].dtype == np.uint8
@@ -88,7 +88,7 @@ def test_grabcut_round_trip_is_exact(shared_data, tmp_path):
   for i in range(len(source)):
     example = source[i]
     name = example["name"].decode()
-    image_path = folder._image_path(root, name)  # pylint: disable=protected-access
+    image_path = folder.image_path(root, name)
     assert example["image"] == image_path.read_bytes(), image_path
   info = raw.info.metadata
   assert info["num_classes"] == 2 and info["classes"] is None

@@ -41,14 +41,17 @@ def names(root: str | pathlib.Path) -> list[str]:
   return sorted(p.stem for p in (root / "images").iterdir())
 
 
-def _image_path(root: pathlib.Path, name: str) -> pathlib.Path:
+def image_path(root: pathlib.Path, name: str) -> pathlib.Path:
+  """``root/images/<name>.*`` (the first match); raises when there is none."""
   found = sorted((root / "images").glob(name + ".*"))
   if not found:
     raise FileNotFoundError(f"no image {root / 'images' / name}.* found")
   return found[0]
 
 
-def _label_image(path: pathlib.Path, size: tuple[int, int]) -> Image.Image:
+def label_image(path: pathlib.Path, size: tuple[int, int]) -> Image.Image:
+  """The 'L'/'P' label PNG at ``path``; raises naming it when missing, of
+  another mode, or not of ``size`` (``(width, height)``, PIL's order)."""
   if not path.is_file():
     raise FileNotFoundError(f"label file {path} not found")
   label = Image.open(path)
@@ -82,12 +85,12 @@ def load_example(
     An :class:`Example`.
   """
   root = pathlib.Path(root)
-  image = Image.open(_image_path(root, name)).convert("RGB")
+  image = Image.open(image_path(root, name)).convert("RGB")
   size = image.size
-  mask = _label_image(root / "masks" / f"{name}.png", size)
+  mask = label_image(root / "masks" / f"{name}.png", size)
   folder = root / "scribbles" if scribble_set is None else (
       root / "scribbles" / scribble_set)
-  scribbles = _label_image(folder / f"{name}.png", size)
+  scribbles = label_image(folder / f"{name}.png", size)
   if long_side is not None:
     scale = long_side / max(size)
     new = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))

@@ -142,7 +142,7 @@ def _open_label(path: pathlib.Path, size: tuple[int, int]
     ``(encoded 'L' PNG, [H, W] uint8)``.
   """
   try:
-    label = folder._label_image(path, size)  # pylint: disable=protected-access
+    label = folder.label_image(path, size)
     label.load()
     pixels = np.asarray(label, np.uint8)
     if label.format == "PNG" and label.mode == "L":
@@ -306,7 +306,7 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
                        "than once")
     for index, name in enumerate(names):
       rel = f"{sub}/{name}" if sub else name
-      image_path = folder._image_path(root, rel)  # pylint: disable=protected-access
+      image_path = folder.image_path(root, rel)
       image_bytes, pixels = _open_image(image_path)
       size = (pixels.shape[1], pixels.shape[0])
       mask_path = root / "masks" / f"{rel}.png"
