@@ -475,12 +475,11 @@ def skeleton_scribbles(mask: np.ndarray, *, seed: int, min_area: int = 50,
       region = components[box] == index
       if region.sum() < min_area:
         continue
-      skeleton = skeletonize(_core(region, margin))
-      if not skeleton.any():
-        skeleton = _core(region, margin)
-      lines = [Stroke(int(label), line)
-               for line in _order_skeleton(np.argwhere(skeleton))]
-      first = tuple(np.argwhere(skeleton)[0])
+      core = _core(region, margin)
+      skeleton = skeletonize(core)
+      pixels = np.argwhere(skeleton if skeleton.any() else core)
+      lines = [Stroke(int(label), line) for line in _order_skeleton(pixels)]
+      first = tuple(pixels[0])
       regions.append((int(label), box, region, lines, first))
   rng = np.random.default_rng(seed)
   starts = [rng.uniform(size=len(r[3])) for r in regions]
