@@ -63,17 +63,14 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import io
 import pathlib
-import re
 import zlib
 from typing import Any, Iterator, Sequence
 
-from etils import epath
 import numpy as np
-from PIL import Image
 import tensorflow_datasets as tfds
 
+from potts_jax.data import builder_base
 from potts_jax.data import folder
 
 SYNTHETIC = "synthetic"
@@ -102,63 +99,6 @@ class FolderConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-def _decode_error(path: pathlib.Path, error: Exception) -> ValueError:
-  return ValueError(f"{path}: cannot decode image ({error})")
-
-
-def _open_image(path: pathlib.Path) -> tuple[bytes, np.ndarray]:
-  """Reads a photo.
-
-  Args:
-    path: a JPEG or PNG file.
-
-  Returns:
-    ``(encoded, pixels)``: the bytes to store (the file's own when it is an
-    RGB JPEG/PNG, else a PNG of the RGB conversion) and ``[H, W, 3]`` uint8.
-  """
-  data = path.read_bytes()
-  try:
-    with Image.open(io.BytesIO(data)) as image:
-      image.load()
-      if image.format in ("JPEG", "PNG") and image.mode == "RGB":
-        return data, np.asarray(image)
-      rgb = image.convert("RGB")
-  except (OSError, SyntaxError, ValueError) as e:
-    raise _decode_error(path, e) from e
-  return _png(rgb), np.asarray(rgb)
-
-
-def _png(image: Image.Image) -> bytes:
-  buffer = io.BytesIO()
-  image.save(buffer, format="PNG")
-  return buffer.getvalue()
-
-
-def _open_label(path: pathlib.Path, size: tuple[int, int]
-                ) -> tuple[bytes, np.ndarray]:
-  """Reads a label PNG of the given ``(width, height)``.
-
-  Returns:
-    ``(encoded 'L' PNG, [H, W] uint8)``.
-  """
-  try:
-    label = folder.label_image(path, size)
-    label.load()
-    pixels = np.asarray(label, np.uint8)
-    if label.format == "PNG" and label.mode == "L":
-      return path.read_bytes(), pixels
-  except (FileNotFoundError, ValueError):
-    raise
-  except (OSError, SyntaxError) as e:
-    raise _decode_error(path, e) from e
-  return _png(Image.fromarray(pixels)), pixels
-
-
-def _read_list(path: pathlib.Path) -> list[str]:
-  return [line.strip() for line in path.read_text().splitlines()
-          if line.strip()]
-
-
 def discover_splits(root: str | pathlib.Path,
                     splits: Sequence[str] | None = None
                     ) -> dict[str, tuple[str, list[str]]]:
@@ -184,12 +124,12 @@ def discover_splits(root: str | pathlib.Path,
   found: dict[str, tuple[str, list[str]]] = {}
   for sub in sorted(p for p in images.iterdir() if p.is_dir()):
     listing = root / f"{sub.name}.txt"
-    found[sub.name] = (sub.name, _read_list(listing) if listing.is_file() else
+    found[sub.name] = (sub.name, builder_base.read_list(listing) if listing.is_file() else
                        sorted(p.stem for p in sub.iterdir() if p.is_file()))
   if not found:
     for split in _LIST_SPLITS:
       if (root / f"{split}.txt").is_file():
-        found[split] = ("", _read_list(root / f"{split}.txt"))
+        found[split] = ("", builder_base.read_list(root / f"{split}.txt"))
   if not found:
     found["train"] = ("", folder.names(root))
   if splits is None:
@@ -224,45 +164,21 @@ def _synthetic_seed(seed: int, name: str) -> int:
   return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
 
 
-class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
-  """Images, dense masks and scribbles of a local folder (module docstring)."""
+class FolderSegmentation(builder_base.ArrayRecordBuilder):
+  """Images, dense masks and scribbles of a local folder (module docstring).
+
+  Takes ``config=FolderConfig(...)`` and the usual builder arguments.
+  """
 
   name = "folder"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS: list[FolderConfig] = []
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    """This file (TFDS's default resolves it through ``importlib_resources``,
-    which is not installed)."""
-    return epath.Path(__file__)
-
-  def __init__(self, *, file_format: str = "array_record", **kwargs: Any):
-    """Takes ``config=FolderConfig(...)`` and the usual builder arguments.
-
-    Args:
-      file_format: TFDS file format; ``array_record`` (the default here) is
-        the one that needs no TensorFlow.
-      **kwargs: ``config``, ``data_dir``, ``version``, ... of
-        ``tfds.core.GeneratorBasedBuilder``.
-    """
-    super().__init__(file_format=file_format, **kwargs)
-
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description="Images, dense masks and scribbles of a local folder.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3),
-                                         dtype=np.uint8),
-            "mask": tfds.features.Image(shape=(None, None, 1),
-                                        dtype=np.uint8, encoding_format="png"),
-            "scribbles": tfds.features.Image(shape=(None, None, 1),
-                                             dtype=np.uint8,
-                                             encoding_format="png"),
-            "name": tfds.features.Text(),
-        }),
+        features=builder_base.segmentation_features(),
         metadata=tfds.core.MetadataDict(),
         # Examples keep the order of the split's names (integer keys).
         disable_shuffling=True,
@@ -278,7 +194,7 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
     splits = discover_splits(root, config.splits)
     scribble_dir = _scribble_folder(root, config.scribble_set)
     classes_file = root / "classes.txt"
-    classes = _read_list(classes_file) if classes_file.is_file() else None
+    classes = builder_base.read_list(classes_file) if classes_file.is_file() else None
     self._max_id = -1
     self.info.metadata.update(
         classes=classes,
@@ -307,10 +223,10 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
     for index, name in enumerate(names):
       rel = f"{sub}/{name}" if sub else name
       image_path = folder.image_path(root, rel)
-      image_bytes, pixels = _open_image(image_path)
+      image_bytes, pixels = builder_base.open_image(image_path)
       size = (pixels.shape[1], pixels.shape[0])
       mask_path = root / "masks" / f"{rel}.png"
-      mask_bytes, mask = _open_label(mask_path, size)
+      mask_bytes, mask = builder_base.open_label(mask_path, size)
       ids = np.setdiff1d(np.unique(mask), _IGNORED)
       if classes is not None and ids.size and ids[-1] >= len(classes):
         raise ValueError(f"{mask_path}: class id {ids[-1]} >= the "
@@ -321,13 +237,13 @@ class FolderSegmentation(tfds.core.GeneratorBasedBuilder):
         from potts_jax.data import scribbles as scribbles_lib  # pylint: disable=g-import-not-at-top
         strokes = np.asarray(scribbles_lib.skeleton_scribbles(
             mask, seed=_synthetic_seed(config.seed, name)), np.uint8)
-        scribble_bytes = _png(Image.fromarray(strokes))
+        scribble_bytes = builder_base.encode_png(strokes)
       else:
         path = scribble_dir / sub / f"{name}.png"
         if sub and not path.is_file() and (scribble_dir / f"{name}.png"
                                            ).is_file():
           path = scribble_dir / f"{name}.png"
-        scribble_bytes, _ = _open_label(path, size)
+        scribble_bytes, _ = builder_base.open_label(path, size)
       yield index, {"image": image_bytes, "mask": mask_bytes,
                    "scribbles": scribble_bytes, "name": name}
     if classes is None:
@@ -366,31 +282,16 @@ def prepare(root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
 def load(data_dir: str | pathlib.Path, name: str,
          version: str | None = None, *,
          decoders: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Random-access sources of a prepared dataset (no source folder needed).
+  """Random-access sources of a prepared folder dataset.
 
   Args:
     data_dir: the TFDS data directory given to :func:`prepare`.
     name: the config name.
     version: the version; the newest prepared one by default.
-    decoders: TFDS decoders, e.g. ``{"image": tfds.decode.SkipDecoding()}``
-      for the stored bytes.
+    decoders: TFDS decoders, e.g. ``{"image": tfds.decode.SkipDecoding()}``.
 
   Returns:
-    ``{split: data source}``; ``source[i]`` is a dict of numpy arrays
-    (``image`` ``[H, W, 3]``, ``mask``/``scribbles`` ``[H, W, 1]`` uint8,
-    ``name`` bytes... as decoded by TFDS).
+    ``{split: data source}`` (:func:`builder_base.load_prepared`).
   """
-  base = pathlib.Path(data_dir) / FolderSegmentation.name / name
-  if version is None:
-    prepared = sorted((p for p in base.glob("*")
-                       if re.fullmatch(r"\d+\.\d+\.\d+", p.name)
-                       and (p / "dataset_info.json").is_file()),
-                      key=lambda p: tfds.core.Version(p.name))
-    if not prepared:
-      raise FileNotFoundError(f"no prepared dataset in {base}")
-    path = prepared[-1]
-  else:
-    path = base / version
-  builder = tfds.builder_from_directory(str(path))
-  return {split: builder.as_data_source(split, decoders=decoders)
-          for split in builder.info.splits}
+  return builder_base.load_prepared(data_dir, FolderSegmentation.name, name,
+                                    version, decoders=decoders)
