@@ -17,6 +17,14 @@ gradients stay finite at one-hot and orthogonal one-hot inputs.
 
 Label codes (class, 255 unlabeled, 254 padding) are those of
 :mod:`potts_jax.labels`.
+
+Means over pixels (and pairs) take ``axis_name``: inside ``jax.shard_map`` /
+``jax.pmap`` over that axis, each device divides its own sum by the count of the
+*global* batch (``lax.psum`` of the counts), so that the ``lax.psum`` of the
+device losses, and of their gradients, is exactly the loss of the global batch
+as one device would compute it, however the scribbled pixels are spread over the
+devices. (A ``pmean`` of per-device means weights a device's pixels by the
+inverse of its own count instead.) ``axis_name=None`` is the plain mean.
 """
 
 from __future__ import annotations
@@ -75,18 +83,31 @@ def cross_entropy(name: str) -> Callable[..., Array]:
   return _BY_NAME[check_name(name)]
 
 
-def _masked_mean(values: Array, mask: Array) -> Array:
-  """Mean of ``values`` over ``mask``; 0 when the mask is empty."""
+def _count(mask: Array, axis_name: str | None) -> Array:
+  """``Σ mask``, summed over the devices of ``axis_name`` when given."""
+  count = jnp.sum(mask.astype(jnp.float32))
+  return count if axis_name is None else jax.lax.psum(count, axis_name)
+
+
+def _masked_mean(values: Array, mask: Array, axis_name: str | None = None
+                 ) -> Array:
+  """Mean of ``values`` over ``mask``; 0 when the mask is empty.
+
+  With ``axis_name``, this device's share of the global mean (module docstring).
+  """
   mask = mask.astype(values.dtype)
-  return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+  return jnp.sum(values * mask) / jnp.maximum(_count(mask, axis_name), 1.0)
 
 
-def partial_cross_entropy(logits: Array, labels: Array) -> Array:
+def partial_cross_entropy(logits: Array, labels: Array, *,
+                          axis_name: str | None = None) -> Array:
   """Partial CE ``mean_{i∈S} -ln σ_i^{ȳ_i}`` over scribbled pixels (eq. 3).
 
   Args:
     logits: ``[B, H, W, K]`` network logits.
     labels: ``[B, H, W]`` int; 255 and 254 pixels are ignored.
+    axis_name: mean over the global batch of this mapped axis (module
+      docstring); None for this batch.
 
   Returns:
     Scalar; 0 when no pixel is scribbled.
@@ -95,7 +116,7 @@ def partial_cross_entropy(logits: Array, labels: Array) -> Array:
   log_sigma = jax.nn.log_softmax(logits, axis=-1)
   safe = jnp.where(mask, labels, 0)
   nll = -jnp.take_along_axis(log_sigma, safe[..., None], axis=-1)[..., 0]
-  return _masked_mean(nll, mask)
+  return _masked_mean(nll, mask, axis_name)
 
 
 def self_labeling_loss(
@@ -105,6 +126,7 @@ def self_labeling_loss(
     *,
     cross_entropy: str = "cce",
     eta: float = 0.3,
+    axis_name: str | None = None,
 ) -> Array:
   """Network loss given pseudo-labels: ``pCE + η · mean_{i unlabeled} H(σ_i, y_i)``.
 
@@ -117,6 +139,7 @@ def self_labeling_loss(
     labels: ``[B, H, W]`` int.
     cross_entropy: name of H, see :func:`cross_entropy`.
     eta: weight of the cross-entropy term.
+    axis_name: see :func:`partial_cross_entropy`.
 
   Returns:
     Scalar loss.
@@ -124,9 +147,8 @@ def self_labeling_loss(
   h = _BY_NAME[check_name(cross_entropy)]
   sigma = jax.nn.softmax(logits, axis=-1)
   unary = h(sigma, jax.lax.stop_gradient(y))
-  return partial_cross_entropy(logits, labels) + eta * _masked_mean(
-      unary, label_codes.unlabeled(labels)
-  )
+  return partial_cross_entropy(logits, labels, axis_name=axis_name) + (
+      eta * _masked_mean(unary, label_codes.unlabeled(labels), axis_name))
 
 
 def entropy(logits: Array) -> Array:
@@ -145,6 +167,7 @@ def gradient_descent_loss(
     eta: float = 0.3,
     lam: float = 6.0,
     sigma_rgb: float = 9.0,
+    axis_name: str | None = None,
 ) -> Array:
   """Regularised loss of paper eq. 4, optimised directly by the network.
 
@@ -158,6 +181,7 @@ def gradient_descent_loss(
     relaxation: Potts relaxation name.
     neighborhood: ``nn4`` or ``nn8``.
     eta, lam, sigma_rgb: weights and colour bandwidth.
+    axis_name: see :func:`partial_cross_entropy` (pairs counted globally too).
 
   Returns:
     Scalar loss.
@@ -168,9 +192,10 @@ def gradient_descent_loss(
   )
   sigma = jax.nn.softmax(logits, axis=-1)
   potts_sum = jnp.sum(neighborhoods.grid_energy(sigma, weights, p))
-  num_pairs = jnp.sum(neighborhoods.pair_mask(labels, neighborhood))
+  num_pairs = _count(neighborhoods.pair_mask(labels, neighborhood), axis_name)
   return (
-      partial_cross_entropy(logits, labels)
-      + eta * _masked_mean(entropy(logits), label_codes.unlabeled(labels))
+      partial_cross_entropy(logits, labels, axis_name=axis_name)
+      + eta * _masked_mean(entropy(logits), label_codes.unlabeled(labels),
+                           axis_name)
       + lam * potts_sum / jnp.maximum(num_pairs, 1.0)
   )

@@ -93,7 +93,8 @@ class ASPP(nnx.Module):
   """Atrous spatial pyramid pooling ``[B, h, w, in] -> [B, h, w, ch]``."""
 
   def __init__(self, in_ch: int, rates: tuple[int, int, int], ch: int = 256, *,
-               sync_bn_axis: Optional[str] = None, rngs: nnx.Rngs):
+               sync_bn_axis: Optional[str] = None, dropout_rate: float = 0.1,
+               rngs: nnx.Rngs):
     kw = dict(kernel_init=layers.KAIMING_FAN_IN, sync_bn_axis=sync_bn_axis, rngs=rngs)
     branches = [layers.ConvBNReLU(in_ch, ch, 1, **kw)]
     branches += [layers.ConvBNReLU(in_ch, ch, 3, dilation=r, **kw) for r in rates]
@@ -103,7 +104,7 @@ class ASPP(nnx.Module):
         layers.conv(5 * ch, ch, 1, kernel_init=layers.KAIMING_FAN_IN, rngs=rngs),
         layers.batch_norm(ch, axis_name=sync_bn_axis, rngs=rngs),
         jax.nn.relu,
-        nnx.Dropout(0.1, rngs=rngs),
+        nnx.Dropout(dropout_rate, rngs=rngs),
     ])
 
   def __call__(self, x: Array) -> Array:
@@ -116,10 +117,11 @@ class DeepLabHeadV3Plus(nnx.Module):
   def __init__(self, high_ch: int, low_ch: int, num_classes: int,
                rates: tuple[int, int, int], *, channels: int = 256,
                low_level_channels: int = 48, sync_bn_axis: Optional[str] = None,
-               rngs: nnx.Rngs):
+               dropout_rate: float = 0.1, rngs: nnx.Rngs):
     kw = dict(kernel_init=layers.KAIMING_FAN_IN, sync_bn_axis=sync_bn_axis, rngs=rngs)
     self.project = layers.ConvBNReLU(low_ch, low_level_channels, 1, **kw)
-    self.aspp = ASPP(high_ch, rates, channels, sync_bn_axis=sync_bn_axis, rngs=rngs)
+    self.aspp = ASPP(high_ch, rates, channels, sync_bn_axis=sync_bn_axis,
+                     dropout_rate=dropout_rate, rngs=rngs)
     self.classifier = layers.Seq([
         *layers.ConvBNReLU(low_level_channels + channels, channels, 3, **kw),
         layers.conv(channels, num_classes, 1, use_bias=True,
@@ -145,13 +147,14 @@ class DeepLabV3Plus(nnx.Module):
     low_level_channels: width of the low-level projection (48).
     sync_bn_axis: mesh axis name (``'data'``) over which every BatchNorm
       averages its batch statistics, or None (per-device statistics).
+    dropout_rate: of the ASPP projection's Dropout (0.1, as VainF).
     rngs: parameter initialisation and dropout streams.
   """
 
   def __init__(self, backbone: str = "mobilenet_v2", num_classes: int = 21, *,
                output_stride: int = 16, width: float = 1.0, channels: int = 256,
                low_level_channels: int = 48, sync_bn_axis: Optional[str] = None,
-               rngs: nnx.Rngs):
+               dropout_rate: float = 0.1, rngs: nnx.Rngs):
     if output_stride not in ASPP_RATES:
       raise ValueError(f"output_stride must be 8 or 16, got {output_stride}")
     kw = dict(output_stride=output_stride, include_top=False,
@@ -169,7 +172,7 @@ class DeepLabV3Plus(nnx.Module):
         self.backbone.high_level_channels, self.backbone.low_level_channels,
         num_classes, ASPP_RATES[output_stride], channels=channels,
         low_level_channels=low_level_channels, sync_bn_axis=sync_bn_axis,
-        rngs=rngs)
+        dropout_rate=dropout_rate, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
     """Logits ``[B, H, W, K]`` of a normalised image ``[B, H, W, 3]``."""
