@@ -1,0 +1,100 @@
+"""Defaults shared by every config (big_vision style: plain ConfigDicts).
+
+Every key a run reads is here, so ``--config.KEY=VALUE`` works for all of them
+and a typo fails (ConfigDicts are locked). Paper defaults (appendix C) where
+the paper has one.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg: str, **defaults):
+  """``"a=1,b=x,flag"`` -> ConfigDict with the defaults' types (big_vision).
+
+  A bare word sets a bool to True; unknown keys are an error naming them.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"unknown config variant {key!r}; known: "
+                       f"{sorted(defaults)}")
+    default = defaults[key]
+    if not value:
+      value = True
+    elif isinstance(default, bool):
+      value = value.lower() in ("1", "true", "yes")
+    elif default is not None:
+      value = type(default)(value)
+    parsed[key] = value
+  return parsed
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.parallel = "shard_map"  # or "pmap"
+
+  # Data (potts_jax/data/sources.py).
+  c.dataset = "demo"
+  c.dataset_config = ""
+  c.data_dir = ""  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.folder_root = ""
+  c.scribble_set = ""
+  c.scribble_seed = 0
+  c.num_classes = 0  # 0 = from the dataset's metadata
+  c.train_split = "train"
+  c.eval_split = "val"
+  c.demo = ml_collections.ConfigDict()
+  c.crop_size = 513
+  c.scale_range = (0.5, 2.0)
+  c.flip = True
+  c.blur_prob = 0.0
+  c.worker_count = 0
+  c.eval_batch_size = 4
+  c.eval_pad_to = ()  # e.g. (512, 512): one compilation for the whole split
+
+  # Network (potts_jax/models/deeplabv3plus.py).
+  c.model = ml_collections.ConfigDict()
+  c.model.backbone = "mobilenet_v2"
+  c.model.width = 1.0
+  c.model.output_stride = 16
+  c.model.channels = 256
+  c.model.low_level_channels = 48
+  c.model.dropout_rate = 0.1
+  c.model.sync_bn = True
+  c.model.pretrained_dir = ""  # `python -m potts_jax.pretrained convert` output
+
+  # Optimiser: SGD momentum, weight decay, poly decay, head lr x10.
+  c.batch_size = 12
+  c.total_steps = 1000
+  c.lr = 0.007
+  c.momentum = 0.9
+  c.weight_decay = 5e-4
+  c.poly_power = 0.9
+  c.head_lr_mult = 10.0
+
+  # Method and loss (potts_jax/steps.py).
+  c.method = "pce"  # pce | gd | soft_sl | hard_sl
+  c.full_supervision = False  # train on the dense masks (upper bound)
+  c.relaxation = "cd"
+  c.cross_entropy = "cce"
+  c.neighborhood = "nn4"
+  c.eta = 0.3
+  c.lam = 6.0
+  c.sigma_rgb = 9.0
+  c.solver_steps = 200
+  c.solver_step_size = 0.075
+  c.init_from = ""  # a stage-1 workdir or checkpoint
+  c.stages = ()  # e.g. ({"name": "stage1", "method": "pce"}, {...})
+  c.name = ""
+
+  # Loop.
+  c.log_every = 50
+  c.image_every = 0
+  c.eval_every = 0
+  c.checkpoint_every = 500
+  c.keep_checkpoints = 3
+  c.eval_scales = (1.0,)
+  c.eval_flip = False
+  return c

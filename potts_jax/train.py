@@ -1,0 +1,289 @@
+"""Training: the model, optimiser and train state of a config, and the loop.
+
+``train_and_evaluate(config, workdir)`` runs one stage (``config.method``) or,
+when ``config.stages`` lists several, each in ``workdir/<stage name>`` with
+stage ``k > 0`` initialised from stage ``k - 1`` (paper appendix C: stage 1
+partial CE, stage 2 self-labeling from the stage-1 checkpoint). A stage:
+
+1. opens the data (:func:`potts_jax.data.sources.open_sources`), builds the
+   DeepLabV3+ (:func:`build_model`), loads ImageNet backbone weights
+   (``config.pretrained_dir``) or the previous stage (``config.init_from``);
+2. splits it into the plain-pytree train state (:func:`create_state`) and
+   resumes from the newest checkpoint in the workdir, model and data iterator
+   together (:mod:`potts_jax.checkpointing`);
+3. runs the per-device :func:`potts_jax.steps.train_step` through
+   :class:`potts_jax.parallel.DataParallel` (``config.parallel``) until
+   ``config.total_steps``, logging a progress line and TensorBoard scalars
+   every ``log_every`` steps, images every ``image_every``, saving every
+   ``checkpoint_every`` and on SIGTERM (then it returns), evaluating every
+   ``eval_every``;
+4. evaluates on the whole eval split and writes ``workdir/metrics.json``.
+
+Status: the loop is written but does not run yet; it waits for
+``checkpointing.Checkpointer`` (issue 6). :func:`build_model`,
+:func:`make_optimizer`, :func:`create_state` and the steps are tested
+(``tests/test_steps.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from absl import logging
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from potts_jax import checkpointing
+from potts_jax import metrics
+from potts_jax import parallel
+from potts_jax import steps
+from potts_jax.data import pipeline
+from potts_jax.data import sources as sources_lib
+from potts_jax.models import deeplabv3plus
+
+train_step = steps.train_step
+eval_step = steps.eval_step
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int
+                ) -> deeplabv3plus.DeepLabV3Plus:
+  """The DeepLabV3+ of ``config.model`` (SyncBN over ``data`` by default)."""
+  m = config.model
+  return deeplabv3plus.DeepLabV3Plus(
+      m.backbone, num_classes, output_stride=m.output_stride, width=m.width,
+      channels=m.channels, low_level_channels=m.low_level_channels,
+      dropout_rate=m.dropout_rate,
+      sync_bn_axis=parallel.AXIS if m.sync_bn else None,
+      rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+
+
+def learning_rate(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Poly decay ``lr · (1 - step / total_steps) ^ power``, per step."""
+  return optax.polynomial_schedule(
+      init_value=config.lr, end_value=0.0, power=config.poly_power,
+      transition_steps=max(1, config.total_steps))
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """SGD of the lineage: momentum, weight decay on every parameter, head ×10.
+
+  torch's ``SGD(momentum=0.9, weight_decay=5e-4)`` on two parameter groups
+  (backbone at ``lr``, ASPP + decoder at ``head_lr_mult · lr``), as
+  rloss / DeepLab-pytorch: the decay ``wd · p`` is added to the gradient of
+  every parameter (BatchNorm scales and biases included) before the momentum.
+  """
+  schedule = learning_rate(config)
+
+  def group(mult):
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(lambda step: mult * schedule(step),
+                  momentum=config.momentum or None))
+
+  return optax.multi_transform(
+      {"backbone": group(1.0), "head": group(config.head_lr_mult)},
+      deeplabv3plus.param_labels)
+
+
+def create_state(model: nnx.Module, tx: optax.GradientTransformation,
+                 seed: int) -> tuple[steps.ModelDef, dict[str, Any]]:
+  """``(model_def, state)``: the model split into the plain train state.
+
+  ``state`` holds ``params`` (``nnx.Param``), ``batch_stats``
+  (``nnx.BatchStat``), ``opt_state``, ``step`` (int32) and ``rng``
+  (``uint32[2]`` key data); ``model_def`` (:class:`potts_jax.steps.ModelDef`)
+  the rest of the model.
+  """
+  graphdef, params, batch_stats, rngs = nnx.split(model, nnx.Param,
+                                                  nnx.BatchStat, ...)
+  state = {"params": params, "batch_stats": batch_stats,
+           "opt_state": tx.init(params), "step": jnp.int32(0),
+           "rng": jax.random.key_data(jax.random.key(seed))}
+  return steps.ModelDef(graphdef, rngs), state
+
+
+def _host_copy(tree: Any) -> Any:
+  """One device's copy of a replicated tree (for host-local computations)."""
+  def first(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0)
+    return x
+  return jax.tree.map(first, tree)
+
+
+def evaluate(par: parallel.DataParallel, eval_fn: Any, state: Any,
+             source: Any, config: ml_collections.ConfigDict, num_classes: int
+             ) -> np.ndarray:
+  """The confusion matrix ``[K, K]`` of the whole eval split (every host)."""
+  per_host = config.eval_batch_size // jax.process_count()
+  confusion = metrics.ConfusionMatrix(num_classes)
+  pad_to = tuple(config.eval_pad_to) if config.get("eval_pad_to") else None
+  for batch in pipeline.eval_batches(source, batch_size=per_host,
+                                     pad_to=pad_to):
+    cm = par.unreplicate(eval_fn(state, par.put_batch(batch)))
+    confusion.update(np.asarray(_host_copy(cm)))
+  return confusion.matrix
+
+
+def protocol(config: ml_collections.ConfigDict, description: str) -> str:
+  """The evaluation protocol, logged next to every number."""
+  scales = tuple(config.eval_scales)
+  return (f"{config.eval_split} of {description}; full image, "
+          f"{'single scale' if scales == (1.0,) else f'scales {scales}'}"
+          f"{', flip' if config.eval_flip else ''}; 255 ignored; mIoU over "
+          "classes present in GT or prediction")
+
+
+def _images(graphdef, state, batch, config, num_classes) -> dict[str, Any]:
+  """Image / scribbles / pseudo-labels / prediction of the first example."""
+  from potts_jax import viz  # pylint: disable=g-import-not-at-top
+  state = _host_copy(state)
+  image = jnp.asarray(batch["image"][:1])
+  scribbles = jnp.asarray(batch["scribbles"][:1])
+  probs = steps.predict(state, image, graphdef=graphdef)
+  y = steps.pseudo_labels(jnp.log(probs + 1e-8), image, scribbles, config)
+  colours = viz.palette(num_classes)
+  return {"image": np.asarray(batch["image"][0], np.uint8),
+          "scribbles": viz.overlay_labels(np.asarray(batch["image"][0]),
+                                          np.asarray(scribbles[0]), colours),
+          "prediction": viz.colorize(np.asarray(probs[0]), colours),
+          "pseudo_labels": viz.colorize(np.asarray(y[0]), colours)}
+
+
+def _stage_configs(config: ml_collections.ConfigDict, workdir: str):
+  """``[(stage config, stage workdir)]`` of a config with ``stages``."""
+  out = []
+  previous = None
+  for overrides in config.stages:
+    stage = ml_collections.ConfigDict(config.to_dict())
+    del stage["stages"]
+    with stage.unlocked():
+      stage.update(dict(overrides))
+    if previous is not None and not overrides.get("init_from"):
+      stage.init_from = previous
+    previous = os.path.join(workdir, overrides["name"])
+    out.append((stage, previous))
+  return out
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
+                       ) -> dict[str, Any]:
+  """Trains and evaluates ``config`` in ``workdir`` (module docstring).
+
+  Returns:
+    The final metrics record (also in ``workdir/metrics.json``); with
+    ``stages``, ``{"stages": {name: record}, **last stage's record}``.
+  """
+  if not config.get("stages"):
+    return _train_stage(config, workdir)
+  records = {}
+  for stage, stage_dir in _stage_configs(config, workdir):
+    records[stage.name] = _train_stage(stage, stage_dir)
+  record = dict(records[config.stages[-1]["name"]], stages=records)
+  if jax.process_index() == 0:
+    metrics.write_metrics_json(os.path.join(workdir, "metrics.json"), record)
+  return record
+
+
+def _train_stage(config: ml_collections.ConfigDict, workdir: str
+                 ) -> dict[str, Any]:
+  """One stage (module docstring, steps 1-4)."""
+  if not hasattr(checkpointing, "Checkpointer"):
+    raise NotImplementedError(
+        "train_and_evaluate needs the train-state checkpoints of "
+        "potts_jax.checkpointing.Checkpointer, which are not written yet "
+        "(issue 6 in progress); the steps (potts_jax.steps) and the data "
+        "parallelism (potts_jax.parallel) are usable on their own")
+  data = sources_lib.open_sources(config)
+  par = parallel.DataParallel(config.parallel)
+  if config.batch_size % jax.process_count():
+    raise ValueError(f"batch_size {config.batch_size} is not a multiple of "
+                     f"the {jax.process_count()} processes")
+  per_host = config.batch_size // jax.process_count()
+  model = build_model(config, data.num_classes)
+  if config.get("init_from"):
+    checkpointing.restore_model(config.init_from, model)
+    logging.info("initialised from %s", config.init_from)
+  elif config.model.get("pretrained_dir"):
+    from potts_jax import pretrained  # pylint: disable=g-import-not-at-top
+    pretrained.load_backbone(model, config.model.pretrained_dir)
+  tx = make_optimizer(config)
+  graphdef, state = create_state(model, tx, config.seed)
+  del model
+  train_iter = iter(pipeline.train_dataset(
+      data.train, crop_size=config.crop_size, batch_size=per_host,
+      seed=config.seed, scale_range=tuple(config.scale_range),
+      flip=config.flip, blur_prob=config.blur_prob,
+      worker_count=config.worker_count))
+  ckpt = checkpointing.Checkpointer(
+      os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
+      save_every=config.checkpoint_every)
+  restored = ckpt.restore_latest(state, train_iter)
+  if restored is not None:
+    state = restored
+    logging.info("resumed %s at step %d", workdir, int(state["step"]))
+  state = par.replicate(state)
+  train_fn = par.step(functools.partial(train_step, graphdef=graphdef, tx=tx,
+                                        config=config),
+                      replicated=(True, False), donate_argnums=(0,))
+  eval_fn = par.step(functools.partial(
+      eval_step, graphdef=graphdef, num_classes=data.num_classes,
+      scales=tuple(config.eval_scales), flip=config.eval_flip),
+      replicated=(True, False))
+  writer = metrics.MetricWriter(workdir)
+  progress = metrics.ProgressLogger(config.total_steps, config.batch_size)
+  step = int(_host_copy(par.unreplicate(state["step"])))
+  the_protocol = protocol(config, data.description)
+  logging.info("stage %s: %s from step %d to %d", config.get("name", ""),
+               config.method, step, config.total_steps)
+
+  def run_eval():
+    cm = evaluate(par, eval_fn, state, data.eval, config, data.num_classes)
+    record = dict(step=step, **metrics.summarize(cm, data.classes),
+                  protocol=the_protocol, method=config.method)
+    writer.write_scalars(step, {"eval/miou": record["miou"],
+                                "eval/pixel_accuracy":
+                                    record["pixel_accuracy"]})
+    logging.info("step %d: mIoU %.4f, pixel accuracy %.4f (%s)", step,
+                 record["miou"], record["pixel_accuracy"], the_protocol)
+    return record
+
+  with ckpt:
+    ckpt.install_sigterm_handler()
+    while step < config.total_steps:
+      batch = next(train_iter)
+      state, scalars = train_fn(state, par.put_batch(batch))
+      step += 1
+      if step % config.log_every == 0 or step == config.total_steps:
+        scalars = jax.tree.map(lambda x: float(np.asarray(_host_copy(x))),
+                               par.unreplicate(scalars))
+        scalars["lr"] = float(learning_rate(config)(step - 1))
+        progress.log(step, scalars)
+        writer.write_scalars(step, {f"train/{k}": v
+                                    for k, v in scalars.items()})
+      if config.image_every and step % config.image_every == 0:
+        writer.write_images(step, _images(graphdef, par.unreplicate(state),
+                                          batch, config, data.num_classes))
+      if ckpt.preemption_requested:
+        ckpt.save(step, par.unreplicate(state), train_iter, force=True)
+        logging.warning("SIGTERM: saved step %d in %s; stopping", step,
+                        workdir)
+        writer.close()
+        return {"step": step, "preempted": True}
+      ckpt.save(step, par.unreplicate(state), train_iter,
+                force=step == config.total_steps)
+      if config.eval_every and step % config.eval_every == 0 and (
+          step < config.total_steps):
+        run_eval()
+  record = run_eval()
+  if jax.process_index() == 0:
+    metrics.write_metrics_json(os.path.join(workdir, "metrics.json"), record)
+  writer.close()
+  return record

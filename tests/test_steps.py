@@ -1,0 +1,104 @@
+"""The per-device train step under shard_map and pmap, and global-batch losses."""
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from potts_jax import losses
+from potts_jax import parallel
+from potts_jax import train
+from potts_jax.data import pipeline
+from potts_jax.data import sources
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO))
+from configs import demo  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+def _config(method):
+  c = demo.get_config(f"runlocal,method={method}")
+  c.model.dropout_rate = 0.0
+  with c.unlocked():
+    c.update({k: v for k, v in dict(c.stages[1]).items() if k != "name"})
+  return c
+
+
+def _run(config, kind, num_devices, num_steps):
+  data = sources.open_sources(config)
+  batch = next(iter(pipeline.train_dataset(
+      data.train, crop_size=config.crop_size, batch_size=config.batch_size,
+      seed=0)))
+  model = train.build_model(config, data.num_classes)
+  tx = train.make_optimizer(config)
+  model_def, state = train.create_state(model, tx, 0)
+  par = parallel.DataParallel(kind, parallel.make_mesh(
+      jax.devices()[:num_devices]))
+  fn = par.step(functools.partial(train.train_step, graphdef=model_def,
+                                  tx=tx, config=config),
+                replicated=(True, False))
+  state = par.replicate(state)
+  for _ in range(num_steps):
+    state, scalars = fn(state, par.put_batch(batch))
+  return par.unreplicate(state), par.unreplicate(scalars)
+
+
+def _max_diff(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_soft_sl_step_on_four_devices_equals_one_device():
+  """SyncBN, solver per device, global-batch loss: the same step (float32)."""
+  config = _config("soft_sl")
+  four, m4 = _run(config, "shard_map", 4, 1)
+  one, m1 = _run(config, "shard_map", 1, 1)
+  np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
+  np.testing.assert_allclose(float(m4["energy"]), float(m1["energy"]),
+                             rtol=1e-5)
+  assert _max_diff(four["params"], one["params"]) < 1e-4
+  assert _max_diff(four["batch_stats"], one["batch_stats"]) < 1e-4
+  assert int(four["step"]) == 1
+
+
+def test_shard_map_and_pmap_agree_after_three_steps():
+  config = _config("pce")
+  a, _ = _run(config, "shard_map", 4, 3)
+  b, _ = _run(config, "pmap", 4, 3)
+  assert _max_diff(a["params"], b["params"]) <= 1e-6
+
+
+def test_axis_name_means_are_global_batch_means():
+  """psum of per-device losses = the loss of the whole batch, uneven scribbles."""
+  rng = np.random.default_rng(0)
+  logits = jnp.asarray(rng.normal(size=(4, 6, 6, 3)), jnp.float32)
+  labels = rng.integers(0, 3, size=(4, 6, 6))
+  labels[0] = 255  # device 0: no scribbles at all
+  labels[1, :, 2:] = 255
+  labels = jnp.asarray(labels, jnp.int32)
+  mesh = parallel.make_mesh(jax.devices()[:4])
+  par = parallel.DataParallel("shard_map", mesh)
+  fn = par.step(lambda l, y: jax.lax.psum(losses.partial_cross_entropy(
+      l, y, axis_name=parallel.AXIS), parallel.AXIS), replicated=(False, False))
+  got = fn(par.put_batch({"l": np.asarray(logits)})["l"],
+           par.put_batch({"y": np.asarray(labels)})["y"])
+  # Independent: float64 numpy mean of -log softmax over all scribbled pixels.
+  x = np.asarray(logits, np.float64)
+  logp = x - np.log(np.exp(x).sum(-1, keepdims=True))
+  lab = np.asarray(labels)
+  sel = lab < 3
+  want = -np.mean(np.take_along_axis(logp, np.where(sel, lab, 0)[..., None],
+                                     -1)[..., 0][sel])
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_bad_parallel_kind_and_batch():
+  with pytest.raises(ValueError, match="parallel must be one of"):
+    parallel.DataParallel("vmap")
+  par = parallel.DataParallel("shard_map",
+                              parallel.make_mesh(jax.devices()[:4]))
+  with pytest.raises(ValueError, match="not a multiple"):
+    par.put_batch({"image": np.zeros((3, 2, 2, 3), np.float32)})
