@@ -23,6 +23,7 @@ called by ``main()`` only).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from absl import logging
@@ -52,7 +53,6 @@ def initialize_distributed() -> None:
   JAX auto-detects: Slurm with several tasks, Cloud TPU pods, MPI); a single
   process without one runs as is.
   """
-  import os  # pylint: disable=g-import-not-at-top
   auto = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
           or "TPU_WORKER_HOSTNAMES" in os.environ
           or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
@@ -126,7 +126,6 @@ class DataParallel:
     sharding = jax.sharding.NamedSharding(self.mesh, P())
 
     def put(x):
-      x = np.asarray(x) if not isinstance(x, jax.Array) else x
       if isinstance(x, jax.Array) and x.sharding == sharding:
         return x
       x = np.asarray(x)

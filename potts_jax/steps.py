@@ -41,13 +41,14 @@ import optax
 
 from potts_jax import losses
 from potts_jax import metrics
+from potts_jax import pretrained
 from potts_jax import solver
 from potts_jax.parallel import AXIS
 
 METHODS = ("pce", "gd", "soft_sl", "hard_sl")
 
-_MEAN = jnp.array([0.485, 0.456, 0.406], jnp.float32) * 255.0
-_STD = jnp.array([0.229, 0.224, 0.225], jnp.float32) * 255.0
+_MEAN = pretrained.IMAGENET_MEAN * 255.0
+_STD = pretrained.IMAGENET_STD * 255.0
 
 
 def normalize(image: jax.Array) -> jax.Array:
@@ -152,7 +153,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics["loss"] = jax.lax.psum(loss, AXIS)
-  metrics["pce"] = jax.lax.psum(
+  metrics["pce"] = metrics["loss"] if config.method == "pce" else jax.lax.psum(
       losses.partial_cross_entropy(logits, labels, axis_name=AXIS), AXIS)
   new_state = dict(state, params=params, batch_stats=batch_stats,
                    opt_state=opt_state, step=state["step"] + 1)

@@ -24,7 +24,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 from typing import Any, Sequence
 
@@ -56,13 +55,6 @@ class Sources:
   num_classes: int
   classes: Sequence[str] | None
   description: str
-
-
-def default_data_dir() -> str:
-  """``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets`` (TFDS's default)."""
-  return os.environ.get("TFDS_DATA_DIR",
-                        os.path.join(os.path.expanduser("~"),
-                                     "tensorflow_datasets"))
 
 
 def _metadata(source: Any) -> dict[str, Any]:
@@ -116,7 +108,8 @@ def open_sources(config: ml_collections.ConfigDict) -> Sources:
     return Sources(train, evaluation, train.num_classes, train.classes,
                    f"demo (generated, {options}): {config.train_split} "
                    f"({len(train)}) / {config.eval_split} ({len(evaluation)})")
-  data_dir = config.get("data_dir") or default_data_dir()
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  data_dir = config.get("data_dir") or constants.get_default_data_dir()
   if name == "folder":
     from potts_jax.data import folder_builder  # pylint: disable=g-import-not-at-top
     root = pathlib.Path(config.folder_root)
