@@ -8,6 +8,7 @@ from PIL import Image
 from scipy import ndimage
 
 from potts_jax.data import scribbles
+from potts_jax.data import scribblesup
 
 _XML = """<?xml version="1.0"?>
 <annotation>
@@ -33,14 +34,14 @@ def _labeled(array, value):
 
 
 def test_class_table():
-  assert len(scribbles.SCRIBBLESUP_CLASSES) == 21
-  assert scribbles.SCRIBBLESUP_CLASSES[0] == "background"
-  assert scribbles.SCRIBBLESUP_CLASSES.index("person") == 15
-  assert scribbles.SCRIBBLESUP_CLASSES[20] == "monitor"
+  assert len(scribblesup.TAGS) == 21
+  assert scribblesup.TAGS[0] == "background"
+  assert scribblesup.TAGS.index("person") == 15
+  assert scribblesup.TAGS[20] == "monitor"
 
 
 def test_parse_xml_text_and_path(tmp_path):
-  strokes = scribbles.parse_scribblesup_xml(_XML)
+  strokes = scribblesup.parse_xml(_XML)
   assert [s.label for s in strokes] == [0, 15, 20]
   np.testing.assert_array_equal(strokes[0].points, [[1, 2], [30, 2], [30, 20]])
   np.testing.assert_array_equal(strokes[1].points, [[12.5, 7], [14, 9]])
@@ -48,8 +49,8 @@ def test_parse_xml_text_and_path(tmp_path):
   assert strokes[0].points.dtype == np.float64
   path = tmp_path / "toy.xml"
   path.write_text(_XML)
-  assert scribbles.parse_scribblesup_xml(path) == strokes
-  assert scribbles.parse_scribblesup_xml(str(path)) == strokes
+  assert scribblesup.parse_xml(path) == strokes
+  assert scribblesup.parse_xml(str(path)) == strokes
   with pytest.raises(dataclasses.FrozenInstanceError):
     strokes[0].label = 3
 
@@ -58,15 +59,15 @@ def test_xml_errors_name_tag_and_file(tmp_path):
   bad_tag = tmp_path / "bad_tag.xml"
   bad_tag.write_text(_XML.replace("person", "aeroplane"))
   with pytest.raises(ValueError, match="aeroplane") as info:
-    scribbles.parse_scribblesup_xml(bad_tag)
+    scribblesup.parse_xml(bad_tag)
   assert "bad_tag.xml" in str(info.value) and "plane" in str(info.value)
   assert "monitor" in str(info.value)  # The valid tags are listed.
   broken = tmp_path / "broken.xml"
   broken.write_text(_XML[:-30])
   with pytest.raises(ValueError, match="broken.xml"):
-    scribbles.parse_scribblesup_xml(broken)
+    scribblesup.parse_xml(broken)
   with pytest.raises(ValueError, match="malformed"):
-    scribbles.parse_scribblesup_xml("<annotation><polygon>")
+    scribblesup.parse_xml("<annotation><polygon>")
 
 
 def test_rasterize_lines_clicks_and_thickness():
@@ -111,10 +112,10 @@ def test_real_scribblesup_round_trip(shared_data, tmp_path, name):
       shared_data / "voc_scribblesup" / "scribbles" / f"{name}.png"))
   strokes = scribbles.strokes_from_raster(png)
   path = tmp_path / f"{name}.xml"
-  path.write_text(scribbles.to_scribblesup_xml(
+  path.write_text(scribblesup.to_xml(
       strokes, filename=f"{name}.jpg", height=png.shape[0],
       width=png.shape[1]))
-  parsed = scribbles.parse_scribblesup_xml(path)
+  parsed = scribblesup.parse_xml(path)
   assert parsed == strokes
   out = scribbles.rasterize(parsed, *png.shape, thickness=3)
   labeled = png != 255

@@ -20,6 +20,7 @@ from scipy import ndimage
 import tensorflow_datasets as tfds
 
 from potts_jax.data import scribbles
+from potts_jax.data import scribblesup
 from potts_jax.data import voc_builder
 
 REAL = ("2007_000032", "2007_000033")
@@ -59,7 +60,7 @@ def _build_tree(shared_data: pathlib.Path, root: pathlib.Path,
     shutil.copy(src / "masks" / f"{name}.png", masks / f"{name}.png")
     shutil.copy(src / "scribbles" / f"{name}.png", strokes_dir / f"{name}.png")
     png = _pil(src / "scribbles" / f"{name}.png")
-    (strokes_dir / f"{name}.xml").write_text(scribbles.to_scribblesup_xml(
+    (strokes_dir / f"{name}.xml").write_text(scribblesup.to_xml(
         scribbles.strokes_from_raster(png), filename=f"{name}.jpg",
         height=png.shape[0], width=png.shape[1]))
   (lists / "train_aug.txt").write_text(f"{REAL[0]}\n")
@@ -68,7 +69,7 @@ def _build_tree(shared_data: pathlib.Path, root: pathlib.Path,
     shutil.copy(src / "images" / f"{REAL[1]}.jpg", images / f"{HAND}.jpg")
     shutil.copy(src / "masks" / f"{REAL[1]}.png", masks / f"{HAND}.png")
     (strokes_dir / f"{HAND}.xml").write_text(HAND_XML)
-    raster = scribbles.rasterize(scribbles.parse_scribblesup_xml(HAND_XML),
+    raster = scribbles.rasterize(scribblesup.parse_xml(HAND_XML),
                                  366, 500)
     Image.fromarray(raster).save(strokes_dir / f"{HAND}.png")
     val.append(HAND)
@@ -100,7 +101,7 @@ def _examples(data_dir, config, **kwargs) -> dict[str, dict]:
 
 def _xml_polylines(path: pathlib.Path) -> list[tuple[int, np.ndarray]]:
   """``(class id, [N, 2] (x, y))`` per ``<polygon>``, parsed here."""
-  tags = {t: i for i, t in enumerate(scribbles.SCRIBBLESUP_CLASSES)}
+  tags = {t: i for i, t in enumerate(scribblesup.TAGS)}
   return [(tags[p.findtext("tag").strip()],
            np.array([(float(q.findtext("X")), float(q.findtext("Y")))
                      for q in p.iter("point")]))
@@ -152,7 +153,7 @@ def test_configs_and_metadata(prepared):
     assert meta["num_classes"] == 21 and len(meta["classes"]) == 21
     assert meta["classes"][1] == "aeroplane" and meta["classes"][20] == (
         "tvmonitor")
-    assert meta["scribblesup_tags"] == list(scribbles.SCRIBBLESUP_CLASSES)
+    assert meta["scribblesup_tags"] == list(scribblesup.TAGS)
     expected = (None if config == "png" else
                 float(config[len("xml_len"):]) if "len" in config else 1.0)
     assert meta["scribbles"] == ("png" if config == "png" else "xml")
@@ -376,8 +377,8 @@ def test_bad_input_names_the_file_and_leaves_no_dataset(
         voc / "SegmentationClassAug" / f"{name}.png")
   elif case == "xml_size":
     path = root / "pascal_2012_scribble" / f"{name}.xml"
-    path.write_text(scribbles.to_scribblesup_xml(
-        scribbles.parse_scribblesup_xml(path), height=9, width=9))
+    path.write_text(scribblesup.to_xml(
+        scribblesup.parse_xml(path), height=9, width=9))
   elif case == "corrupt_mask":
     _corrupt(voc / "SegmentationClassAug" / f"{name}.png")
   elif case == "corrupt_scribble":

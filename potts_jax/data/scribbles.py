@@ -1,5 +1,6 @@
-"""Scribble tools for the dataset builders: ScribbleSup XML, rasterising,
-shortening, block scribbles and synthetic skeleton scribbles.
+"""Scribble tools for the dataset builders: strokes, rasterising, shortening,
+block scribbles and synthetic skeleton scribbles (ScribbleSup XML files are
+read and written by :mod:`potts_jax.data.scribblesup`).
 
 Label codes follow ARCHITECTURE §2: class ids ``0..K-1``, :data:`UNLABELED`
 (255) on pixels without a label, :data:`PADDING` (254) on crop padding. All
@@ -13,8 +14,6 @@ the ScribbleSup annotations): ``(x, y)`` addresses ``array[y, x]``.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
-import xml.etree.ElementTree as ET
 from typing import Iterable
 
 import numpy as np
@@ -23,14 +22,6 @@ from scipy import ndimage
 from skimage.morphology import skeletonize
 
 from potts_jax.labels import PADDING, UNLABELED
-
-# ScribbleSup tag names, in class-id order (PASCAL VOC 2012, 0..20).
-SCRIBBLESUP_CLASSES: tuple[str, ...] = (
-    "background", "plane", "bike", "bird", "boat", "bottle", "bus", "car",
-    "cat", "chair", "cow", "table", "dog", "horse", "motorbike", "person",
-    "plant", "sheep", "sofa", "train", "monitor",
-)
-_CLASS_ID = {name: i for i, name in enumerate(SCRIBBLESUP_CLASSES)}
 
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0),
                (1, 1))
@@ -69,94 +60,6 @@ class Stroke:
   def length(self) -> float:
     """Arc length of the polyline in pixels (0 for a click)."""
     return float(_cumulative_length(self.points)[-1])
-
-
-# ----------------------------------------------------------------------------
-# ScribbleSup XML.
-
-
-def parse_scribblesup_xml(text_or_path: str | pathlib.Path) -> list[Stroke]:
-  """Parses one ScribbleSup annotation.
-
-  The format::
-
-    <annotation> ...
-      <polygon><tag>NAME</tag>
-        <point><X>x</X><Y>y</Y></point> ...
-      </polygon> ...
-    </annotation>
-
-  Args:
-    text_or_path: the XML text, or a path (``pathlib.Path``, or a ``str``
-      that does not start with ``<``) to the file.
-
-  Returns:
-    The strokes in file order, labels from :data:`SCRIBBLESUP_CLASSES`.
-
-  Raises:
-    ValueError: on malformed XML, an unknown tag, a polygon without points or
-      a bad coordinate; the message names the file when given a path.
-  """
-  if isinstance(text_or_path, pathlib.Path) or not str(
-      text_or_path).lstrip().startswith("<"):
-    path = pathlib.Path(text_or_path)
-    text = path.read_text()
-    where = f"{path}: "
-  else:
-    text, where = str(text_or_path), ""
-  try:
-    root = ET.fromstring(text)
-  except ET.ParseError as e:
-    raise ValueError(f"{where}malformed ScribbleSup XML: {e}") from e
-  strokes = []
-  for polygon in root.iter("polygon"):
-    tag = (polygon.findtext("tag") or "").strip()
-    if tag not in _CLASS_ID:
-      raise ValueError(f"{where}unknown ScribbleSup tag {tag!r}; valid tags: "
-                       f"{', '.join(SCRIBBLESUP_CLASSES)}")
-    points = []
-    for point in polygon.iter("point"):
-      try:
-        points.append((float(point.findtext("X")), float(point.findtext("Y"))))
-      except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}bad point in a {tag!r} polygon: "
-                         f"{ET.tostring(point, 'unicode').strip()}") from e
-    if not points:
-      raise ValueError(f"{where}a {tag!r} polygon has no points")
-    strokes.append(Stroke(_CLASS_ID[tag], np.array(points)))
-  return strokes
-
-
-def to_scribblesup_xml(strokes: Iterable[Stroke], *, filename: str = "",
-                       height: int | None = None,
-                       width: int | None = None) -> str:
-  """Writes strokes as ScribbleSup XML (the inverse of the parser).
-
-  Args:
-    strokes: labels must be ``0..20``.
-    filename: written to ``<filename>`` when given.
-    height, width: written to ``<size>`` when given.
-
-  Returns:
-    The XML text.
-  """
-  root = ET.Element("annotation")
-  if filename:
-    ET.SubElement(root, "filename").text = filename
-  if height is not None and width is not None:
-    size = ET.SubElement(root, "size")
-    ET.SubElement(size, "width").text = str(width)
-    ET.SubElement(size, "height").text = str(height)
-  for stroke in strokes:
-    if stroke.label >= len(SCRIBBLESUP_CLASSES):
-      raise ValueError(f"label {stroke.label} has no ScribbleSup tag")
-    polygon = ET.SubElement(root, "polygon")
-    ET.SubElement(polygon, "tag").text = SCRIBBLESUP_CLASSES[stroke.label]
-    for x, y in stroke.points:
-      point = ET.SubElement(polygon, "point")
-      ET.SubElement(point, "X").text = f"{x:g}"
-      ET.SubElement(point, "Y").text = f"{y:g}"
-  return ET.tostring(root, "unicode")
 
 
 # ----------------------------------------------------------------------------

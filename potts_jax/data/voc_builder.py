@@ -47,7 +47,7 @@ Configs (:data:`BUILDER_CONFIGS`):
   dot), the shortened scribbles of the paper's Table 3. Deterministic.
 - ``png``: the rasterised scribble PNGs as they are.
 
-Tags map to ids by :data:`potts_jax.data.scribbles.SCRIBBLESUP_CLASSES`
+Tags map to ids by :data:`potts_jax.data.scribblesup.TAGS`
 (``background``, ``plane``, ``bike``, ... ``monitor`` -> 0..20). ``info.metadata``
 holds ``num_classes`` (21), ``classes`` (:data:`VOC_CLASSES`),
 ``scribblesup_tags``, ``scribbles`` (``"xml"``/``"png"``), ``fraction`` (the
@@ -88,6 +88,7 @@ import tensorflow_datasets as tfds
 
 from potts_jax.data import builder_base
 from potts_jax.data import scribbles
+from potts_jax.data import scribblesup
 
 XML = "xml"
 PNG = "png"
@@ -196,7 +197,7 @@ def xml_strokes(path: pathlib.Path, size: tuple[int, int],
     text = path.read_text()
   except UnicodeDecodeError as e:
     raise ValueError(f"{path}: not a text (XML) file ({e})") from e
-  strokes = scribbles.parse_scribblesup_xml(path)
+  strokes = scribblesup.parse_xml(path)
   declared = ET.fromstring(text).find("size")
   if declared is not None:
     try:
@@ -267,7 +268,7 @@ class VocScribble(builder_base.ArrayRecordBuilder):
            for split in config.splits}
     self.info.metadata.update(
         num_classes=NUM_CLASSES, classes=list(VOC_CLASSES),
-        scribblesup_tags=list(scribbles.SCRIBBLESUP_CLASSES),
+        scribblesup_tags=list(scribblesup.TAGS),
         scribbles=config.source,
         fraction=config.fraction if config.source == XML else None,
         thickness=config.thickness if config.source == XML else None,
