@@ -97,4 +97,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval_scales = (1.0,)
   c.eval_flip = False
+  c.figure = False  # write WORKDIR/figure.png (image, GT, y, prediction)
   return c

@@ -19,10 +19,8 @@ partial CE, stage 2 self-labeling from the stage-1 checkpoint). A stage:
    ``eval_every``;
 4. evaluates on the whole eval split and writes ``workdir/metrics.json``.
 
-Status: the loop is written but does not run yet; it waits for
-``checkpointing.Checkpointer`` (issue 6). :func:`build_model`,
-:func:`make_optimizer`, :func:`create_state` and the steps are tested
-(``tests/test_steps.py``).
+A stage whose workdir holds a ``metrics.json`` of its final step is not
+re-run (so a two-stage run, or a sweep, resumes where it stopped).
 """
 
 from __future__ import annotations
@@ -141,20 +139,74 @@ def protocol(config: ml_collections.ConfigDict, description: str) -> str:
           "classes present in GT or prediction")
 
 
-def _images(graphdef, state, batch, config, num_classes) -> dict[str, Any]:
-  """Image / scribbles / pseudo-labels / prediction of the first example."""
+def _examples(graphdef, state, batch, config, count=1) -> list[dict]:
+  """Image / scribbles / mask / pseudo-labels / prediction of a few examples.
+
+  ``state`` is a host copy; ``batch`` a host-local numpy batch. The
+  pseudo-labels are the solver's ``y`` from the network's current logits, as
+  the self-labeling step computes them.
+  """
+  image = jnp.asarray(batch["image"][:count], jnp.float32)
+  scribbles = jnp.asarray(batch["scribbles"][:count], jnp.int32)
+  logits = _logits_fn(graphdef)(state, image)
+  y = steps.pseudo_labels(logits, image, scribbles, config)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return [{"image": np.asarray(batch["image"][i]),
+           "scribbles": np.asarray(batch["scribbles"][i]),
+           "mask": np.asarray(batch["mask"][i]),
+           "pseudo_labels": np.asarray(y[i]),
+           "prediction": np.asarray(probs[i])} for i in range(len(image))]
+
+
+_LOGITS_FNS: dict[int, tuple[Any, Any]] = {}
+
+
+def _logits_fn(graphdef):
+  """Jitted eval-mode logits ``[b, h, w, K]`` of a host state (for pictures),
+  one per model definition (kept with it, as ``ModelDef`` is not hashable)."""
+  if id(graphdef) not in _LOGITS_FNS:
+    def logits(state, image):
+      model = graphdef.merge(state["params"], state["batch_stats"])
+      model.eval()
+      return model(steps.normalize(image))
+    _LOGITS_FNS[id(graphdef)] = (graphdef, jax.jit(logits))
+  return _LOGITS_FNS[id(graphdef)][1]
+
+
+def _images(examples: list[dict], num_classes: int) -> dict[str, np.ndarray]:
+  """TensorBoard images (uint8 ``[N, H, W, 3]``) of :func:`_examples`."""
   from potts_jax import viz  # pylint: disable=g-import-not-at-top
-  state = _host_copy(state)
-  image = jnp.asarray(batch["image"][:1])
-  scribbles = jnp.asarray(batch["scribbles"][:1])
-  probs = steps.predict(state, image, graphdef=graphdef)
-  y = steps.pseudo_labels(jnp.log(probs + 1e-8), image, scribbles, config)
   colours = viz.palette(num_classes)
-  return {"image": np.asarray(batch["image"][0], np.uint8),
-          "scribbles": viz.overlay_labels(np.asarray(batch["image"][0]),
-                                          np.asarray(scribbles[0]), colours),
-          "prediction": viz.colorize(np.asarray(probs[0]), colours),
-          "pseudo_labels": viz.colorize(np.asarray(y[0]), colours)}
+  stack = lambda f: np.stack([f(ex) for ex in examples])
+  return {
+      "scribbles": stack(lambda ex: viz.overlay_labels(ex["image"],
+                                                       ex["scribbles"],
+                                                       colours)),
+      "pseudo_labels": stack(lambda ex: viz.colorize(ex["pseudo_labels"],
+                                                     colours)),
+      "prediction": stack(lambda ex: viz.colorize(ex["prediction"], colours)),
+  }
+
+
+def write_figure(path: str, graphdef, state, source, config, count: int = 4,
+                 title: str = "") -> None:
+  """A figure of the first ``count`` examples of ``source`` (PNG at ``path``).
+
+  Rows: image + scribbles, ground truth, the pseudo-labels the solver makes
+  from the network's logits, and the network's prediction.
+  """
+  from potts_jax import viz  # pylint: disable=g-import-not-at-top
+  examples = [pipeline.read_example(source[i])
+              for i in range(min(count, len(source)))]
+  by_size = {}
+  for ex in examples:  # One call per image size (eval images may differ).
+    by_size.setdefault(ex["image"].shape, []).append(ex)
+  rows = []
+  for group in by_size.values():
+    batch = {k: np.stack([ex[k] for ex in group])
+             for k in ("image", "scribbles", "mask")}
+    rows += _examples(graphdef, state, batch, config, count=len(group))
+  viz.save_figure(viz.training_figure(rows, title=title), path)
 
 
 def _stage_configs(config: ml_collections.ConfigDict, workdir: str):
@@ -179,38 +231,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str
 
   Returns:
     The final metrics record (also in ``workdir/metrics.json``); with
-    ``stages``, ``{"stages": {name: record}, **last stage's record}``.
+    ``stages``, ``{"stages": {name: record}, **last stage's record}``. A run
+    stopped by SIGTERM returns ``{"step": k, "preempted": True}`` after saving
+    step ``k``, and starts no further stage.
   """
   if not config.get("stages"):
     return _train_stage(config, workdir)
   records = {}
   for stage, stage_dir in _stage_configs(config, workdir):
-    records[stage.name] = _train_stage(stage, stage_dir)
+    record = _train_stage(stage, stage_dir)
+    if record.get("preempted"):
+      return dict(record, stage=stage.name)
+    records[stage.name] = record
   record = dict(records[config.stages[-1]["name"]], stages=records)
   if jax.process_index() == 0:
     metrics.write_metrics_json(os.path.join(workdir, "metrics.json"), record)
   return record
 
 
+def _finished(config: ml_collections.ConfigDict, workdir: str
+              ) -> dict[str, Any] | None:
+  """The record of a stage that already ran to ``total_steps``, else None."""
+  path = os.path.join(workdir, "metrics.json")
+  if not os.path.isfile(path):
+    return None
+  record = metrics.read_metrics_json(path)
+  return record if record.get("step") == config.total_steps else None
+
+
 def _train_stage(config: ml_collections.ConfigDict, workdir: str
                  ) -> dict[str, Any]:
   """One stage (module docstring, steps 1-4)."""
-  if not hasattr(checkpointing, "Checkpointer"):
-    raise NotImplementedError(
-        "train_and_evaluate needs the train-state checkpoints of "
-        "potts_jax.checkpointing.Checkpointer, which are not written yet "
-        "(issue 6 in progress); the steps (potts_jax.steps) and the data "
-        "parallelism (potts_jax.parallel) are usable on their own")
-  data = sources_lib.open_sources(config)
-  par = parallel.DataParallel(config.parallel)
+  data = sources_lib.open_sources(config)  # Fails before anything is written.
+  done = _finished(config, workdir)
+  if done is not None:
+    logging.info("%s already finished (step %d, mIoU %.4f); not re-run",
+                 workdir, done["step"], done["miou"])
+    return done
   if config.batch_size % jax.process_count():
     raise ValueError(f"batch_size {config.batch_size} is not a multiple of "
                      f"the {jax.process_count()} processes")
+  par = parallel.DataParallel(config.parallel)
   per_host = config.batch_size // jax.process_count()
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   model = build_model(config, data.num_classes)
   if config.get("init_from"):
-    checkpointing.restore_model(config.init_from, model)
-    logging.info("initialised from %s", config.init_from)
+    step = checkpointing.restore_model(config.init_from, model)
+    logging.info("initialised from %s (step %d)", config.init_from, step)
   elif config.model.get("pretrained_dir"):
     from potts_jax import pretrained  # pylint: disable=g-import-not-at-top
     pretrained.load_backbone(model, config.model.pretrained_dir)
@@ -222,14 +292,23 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: str
       seed=config.seed, scale_range=tuple(config.scale_range),
       flip=config.flip, blur_prob=config.blur_prob,
       worker_count=config.worker_count))
-  ckpt = checkpointing.Checkpointer(
+  with checkpointing.Checkpointer(
       os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints,
-      save_every=config.checkpoint_every)
-  restored = ckpt.restore_latest(state, train_iter)
-  if restored is not None:
-    state = restored
-    logging.info("resumed %s at step %d", workdir, int(state["step"]))
-  state = par.replicate(state)
+      save_every=config.checkpoint_every) as ckpt:
+    restored = ckpt.restore_latest(state, train_iter)
+    if restored is not None:
+      state = restored
+      logging.info("resumed %s at step %d", workdir, int(state["step"]))
+    step = int(state["step"])
+    state = par.replicate(state)
+    ckpt.install_sigterm_handler()
+    return _loop(config, workdir, data, par, graphdef, tx, state, step,
+                 train_iter, ckpt)
+
+
+def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
+          ckpt) -> dict[str, Any]:
+  """Steps 3-4 of the module docstring, from ``step`` (the state replicated)."""
   train_fn = par.step(functools.partial(train_step, graphdef=graphdef, tx=tx,
                                         config=config),
                       replicated=(True, False), donate_argnums=(0,))
@@ -239,7 +318,6 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: str
       replicated=(True, False))
   writer = metrics.MetricWriter(workdir)
   progress = metrics.ProgressLogger(config.total_steps, config.batch_size)
-  step = int(_host_copy(par.unreplicate(state["step"])))
   the_protocol = protocol(config, data.description)
   logging.info("stage %s: %s from step %d to %d", config.get("name", ""),
                config.method, step, config.total_steps)
@@ -255,35 +333,39 @@ def _train_stage(config: ml_collections.ConfigDict, workdir: str
                  record["miou"], record["pixel_accuracy"], the_protocol)
     return record
 
-  with ckpt:
-    ckpt.install_sigterm_handler()
-    while step < config.total_steps:
-      batch = next(train_iter)
-      state, scalars = train_fn(state, par.put_batch(batch))
-      step += 1
-      if step % config.log_every == 0 or step == config.total_steps:
-        scalars = jax.tree.map(lambda x: float(np.asarray(_host_copy(x))),
-                               par.unreplicate(scalars))
-        scalars["lr"] = float(learning_rate(config)(step - 1))
-        progress.log(step, scalars)
-        writer.write_scalars(step, {f"train/{k}": v
-                                    for k, v in scalars.items()})
-      if config.image_every and step % config.image_every == 0:
-        writer.write_images(step, _images(graphdef, par.unreplicate(state),
-                                          batch, config, data.num_classes))
-      if ckpt.preemption_requested:
-        ckpt.save(step, par.unreplicate(state), train_iter, force=True)
-        logging.warning("SIGTERM: saved step %d in %s; stopping", step,
-                        workdir)
-        writer.close()
-        return {"step": step, "preempted": True}
-      ckpt.save(step, par.unreplicate(state), train_iter,
-                force=step == config.total_steps)
-      if config.eval_every and step % config.eval_every == 0 and (
-          step < config.total_steps):
-        run_eval()
+  while step < config.total_steps:
+    batch = next(train_iter)
+    state, scalars = train_fn(state, par.put_batch(batch))
+    step += 1
+    if step % config.log_every == 0 or step == config.total_steps:
+      scalars = jax.tree.map(lambda x: float(np.asarray(_host_copy(x))),
+                             par.unreplicate(scalars))
+      scalars["lr"] = float(learning_rate(config)(step - 1))
+      progress.log(step, scalars)
+      writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
+    if config.image_every and step % config.image_every == 0:
+      host_state = _host_copy(par.unreplicate(state))
+      writer.write_images(step, _images(
+          _examples(graphdef, host_state, batch, config, count=2),
+          data.num_classes))
+    if ckpt.preemption_requested():
+      ckpt.save(step, par.unreplicate(state), train_iter, force=True)
+      logging.warning("SIGTERM: saved step %d in %s; stopping", step, workdir)
+      writer.close()
+      return {"step": step, "preempted": True}
+    if step == config.total_steps or (
+        config.checkpoint_every and step % config.checkpoint_every == 0):
+      ckpt.save(step, par.unreplicate(state), train_iter, force=True)
+    if config.eval_every and step % config.eval_every == 0 and (
+        step < config.total_steps):
+      run_eval()
   record = run_eval()
   if jax.process_index() == 0:
+    if config.get("figure"):
+      write_figure(os.path.join(workdir, "figure.png"), graphdef,
+                   _host_copy(par.unreplicate(state)), data.eval, config,
+                   title=f"{config.get('name', '')} {config.method}: mIoU "
+                   f"{record['miou']:.3f} ({the_protocol})")
     metrics.write_metrics_json(os.path.join(workdir, "metrics.json"), record)
   writer.close()
   return record

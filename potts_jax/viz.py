@@ -116,3 +116,38 @@ def solver_figure(
   if title:
     fig.suptitle(title, fontsize=10)
   return fig
+
+
+def training_figure(examples: list[dict[str, np.ndarray]],
+                    title: str = "") -> Figure:
+  """One row per example: image + scribbles, ground truth, y, prediction.
+
+  Args:
+    examples: dicts with ``image`` ``[H, W, 3]`` 0..255, ``scribbles`` and
+      ``mask`` ``[H, W]`` (255 unlabeled / ignore, 254 padding), and
+      ``pseudo_labels`` and ``prediction`` ``[H, W, K]`` distributions.
+    title: figure title.
+
+  Returns:
+    A matplotlib ``Figure``.
+  """
+  k = examples[0]["prediction"].shape[-1]
+  colours = palette(k)
+  names = ("image + scribbles", "ground truth", "pseudo-labels y (soft)",
+           "prediction (soft)")
+  fig = Figure(figsize=(2.6 * len(names), 2.6 * len(examples) + 0.4))
+  for row, ex in enumerate(examples):
+    panels = (overlay_labels(ex["image"], ex["scribbles"], colours),
+              overlay_labels(np.zeros_like(ex["image"]), ex["mask"], colours),
+              colorize(ex["pseudo_labels"], colours),
+              colorize(ex["prediction"], colours))
+    for col, picture in enumerate(panels):
+      ax = fig.add_subplot(len(examples), len(names),
+                           row * len(names) + col + 1)
+      ax.imshow(picture, interpolation="nearest")
+      if row == 0:
+        ax.set_title(names[col], fontsize=9)
+      ax.axis("off")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  return fig
