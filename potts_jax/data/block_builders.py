@@ -1,0 +1,455 @@
+"""TFDS builders ``cityscapes_block`` and ``ade20k_block``: block scribbles.
+
+Images and dense labels of Cityscapes (19 trainIds) and ADE20k SceneParsing
+(150 classes) with the *block scribbles* of the paper (appendix C, following
+TEL, Liang et al. 2022, and Block Annotation, Lin et al. 2019): the dense
+labels kept only inside random square blocks that cover a given share of the
+image, 255 elsewhere. Nothing is downloaded: the files are read from a root
+folder (manual download). Layouts relative to ``ROOT``::
+
+  cityscapes_block
+    ROOT/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png    RGB photo
+    ROOT/gtFine/{train,val}/<city>/<name>_gtFine_labelIds.png     'L', ids
+  ade20k_block
+    ROOT/ADEChallengeData2016/images/{training,validation}/<name>.jpg
+    ROOT/ADEChallengeData2016/annotations/{training,validation}/<name>.png
+
+``ROOT`` is tfds's ``manual_dir`` or ``BlockConfig.root``; :func:`prepare`
+does either. Every image needs its label file; label files without an image
+are ignored.
+
+Labels (``mask``, ``[H, W, 1]`` uint8, 255 ignore):
+
+- Cityscapes: the ``labelIds`` (0..33) mapped to the 19 trainIds by the
+  official table of ``cityscapesscripts/helpers/labels.py``
+  (:data:`CITYSCAPES_TRAIN_IDS`; every other id, e.g. 0 unlabeled,
+  9 parking, 29 caravan, becomes 255). An id above 33 is an error.
+- ADE20k: 0 ("other") -> 255, 1..150 -> 0..149 (:data:`ADE20K_CLASSES`,
+  ``objectInfo150``'s first names). A value above 150 is an error.
+
+Scribbles: :func:`potts_jax.data.scribbles.block_scribbles` of the mask:
+the image is tiled into ``block`` x ``block`` squares from the top-left
+corner, tiles are taken in a random order until they hold the share
+``fraction`` of the image's pixels (within half a tile), and the mask is kept
+inside them (its 255 stays 255). The seed of each example is
+:func:`example_seed` ``(config.seed, name)``, independent of order and of the
+other examples, so a config is deterministic. The paper does not give the
+block size; ``block`` is 32 px by default (a config field).
+
+Configs (:data:`FRACTIONS`): ``block10``, ``block20``, ``block50`` (the
+paper's Table 6 uses 50%); seed 0, block 32. :func:`prepare` builds others
+(another seed, block size or share) under a name of their own.
+``info.metadata``: ``num_classes``, ``classes``, ``labels`` (the encoding),
+``fraction``, ``block``, ``seed``.
+
+Features (:func:`builder_base.segmentation_features`): ``image`` (the
+source file's own bytes: reading back is byte-identical), ``mask``,
+``scribbles``, ``name`` (``<city>_<seq>_<frame>`` or ``ADE_train_<n>``).
+Splits ``train`` and ``val`` in sorted file order. No TensorFlow: read with
+:func:`load` or ``builder.as_data_source(split)``.
+
+Usage::
+
+  from potts_jax.data import block_builders
+  block_builders.prepare("/data/cityscapes", "/tmp/tfds",
+                         dataset="cityscapes_block", config="block50")
+  val = block_builders.load("/tmp/tfds", "block50",
+                            dataset="cityscapes_block")["val"]
+
+Bad input fails the preparation with an error naming the folder or file (a
+missing root, folder or label file: ``FileNotFoundError``; an undecodable
+file, a label whose size differs from its image, an unknown label id:
+``ValueError``). TFDS writes into a temporary directory renamed only at the
+end, so nothing readable is left behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import zlib
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from potts_jax.data import builder_base
+from potts_jax.data import scribbles
+
+FRACTIONS = (0.1, 0.2, 0.5)
+"""Labeled shares of the predefined configs ``block10/20/50``."""
+DEFAULT_CONFIG = "block50"
+SPLITS = ("train", "val")
+_IGNORE = 255
+
+CITYSCAPES_CLASSES: tuple[str, ...] = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
+    "truck", "bus", "train", "motorcycle", "bicycle",
+)
+"""Names of Cityscapes trainIds 0..18."""
+CITYSCAPES_TRAIN_IDS: dict[int, int] = {
+    7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
+    23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
+}
+"""labelId -> trainId (``cityscapesscripts`` labels.py); ids 0..33 not
+listed (unlabeled, ego vehicle, rectification border, out of roi, static,
+dynamic, ground, parking, rail track, guard rail, bridge, tunnel, polegroup,
+caravan, trailer) are ignored (255)."""
+CITYSCAPES_NUM_IDS = 34
+
+ADE20K_CLASSES: tuple[str, ...] = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed",
+    "windowpane", "grass", "cabinet", "sidewalk", "person", "earth", "door",
+    "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
+    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
+    "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
+    "refrigerator", "grandstand", "path", "stairs", "runway", "case",
+    "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill",
+    "bench", "countertop", "stove", "palm", "kitchen island", "computer",
+    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel",
+    "light", "truck", "tower", "chandelier", "awning", "streetlight",
+    "booth", "television receiver", "airplane", "dirt track", "apparel",
+    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
+    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy",
+    "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
+    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food",
+    "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle",
+    "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
+    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
+    "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
+    "clock", "flag",
+)
+"""Names of ADE20k SceneParsing classes 0..149 (annotation values 1..150)."""
+
+ADE20K_DIR = "ADEChallengeData2016"
+_ADE20K_FOLDERS = {"train": "training", "val": "validation"}
+
+CITYSCAPES_INSTRUCTIONS = """\
+Download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from
+https://www.cityscapes-dataset.com/downloads/ (registration needed) and unzip
+both into one root folder (tfds manual_dir, or BlockConfig.root):
+
+  ROOT/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png
+  ROOT/gtFine/{train,val}/<city>/<name>_gtFine_labelIds.png
+
+Only the *_labelIds.png files of gtFine are read (mapped to trainIds here;
+no cityscapesscripts conversion needed).
+"""
+
+ADE20K_INSTRUCTIONS = f"""\
+Download ADEChallengeData2016.zip (the MIT SceneParsing benchmark,
+http://sceneparsing.csail.mit.edu/) and unzip it into a root folder (tfds
+manual_dir, or BlockConfig.root):
+
+  ROOT/{ADE20K_DIR}/images/{{training,validation}}/<name>.jpg
+  ROOT/{ADE20K_DIR}/annotations/{{training,validation}}/<name>.png
+"""
+
+
+def example_seed(seed: int, name: str) -> int:
+  """The block-scribble seed of example ``name`` under the config's ``seed``.
+
+  Returns:
+    ``(seed * 1_000_003 + crc32(name)) % 2**31``.
+  """
+  return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31
+
+
+def _lookup(path: pathlib.Path, labels: np.ndarray, table: np.ndarray,
+            what: str) -> np.ndarray:
+  """``table[labels]``; -1 entries are an error naming ``path``."""
+  out = table[labels]
+  if np.any(out < 0):
+    bad = np.unique(labels[out < 0]).tolist()
+    raise ValueError(f"{path}: values {bad} are not {what}")
+  return out.astype(np.uint8)
+
+
+def cityscapes_train_ids(label_ids: np.ndarray,
+                         path: pathlib.Path | str = "labels") -> np.ndarray:
+  """Cityscapes labelIds ``[H, W]`` uint8 -> trainIds ``[H, W]`` uint8.
+
+  Raises:
+    ValueError: naming ``path`` for an id above 33.
+  """
+  table = np.full(256, -1, np.int16)
+  table[:CITYSCAPES_NUM_IDS] = _IGNORE
+  for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+    table[label_id] = train_id
+  return _lookup(pathlib.Path(path), np.asarray(label_ids, np.uint8), table,
+                 f"Cityscapes labelIds (0..{CITYSCAPES_NUM_IDS - 1})")
+
+
+def ade20k_classes(annotation: np.ndarray,
+                   path: pathlib.Path | str = "labels") -> np.ndarray:
+  """ADE20k annotation ``[H, W]`` uint8 (0..150) -> ``[H, W]`` 0..149, 255.
+
+  Raises:
+    ValueError: naming ``path`` for a value above 150.
+  """
+  table = np.full(256, -1, np.int16)
+  table[0] = _IGNORE
+  table[1:len(ADE20K_CLASSES) + 1] = np.arange(len(ADE20K_CLASSES))
+  return _lookup(pathlib.Path(path), np.asarray(annotation, np.uint8), table,
+                 f"ADE20k classes (0..{len(ADE20K_CLASSES)})")
+
+
+@dataclasses.dataclass(eq=False)
+class BlockConfig(tfds.core.BuilderConfig):
+  """Configuration of the block-scribble builders.
+
+  Attributes:
+    root: the source root (module docstring); empty: tfds's ``manual_dir``.
+    fraction: share of each image covered by kept blocks, in ``[0, 1]``.
+    block: block side in px.
+    seed: base seed of the block choice (:func:`example_seed`).
+    splits: the splits to build (of :data:`SPLITS`).
+  """
+
+  root: str = ""
+  fraction: float = 0.5
+  block: int = 32
+  seed: int = 0
+  splits: tuple[str, ...] = SPLITS
+
+
+def config_name(fraction: float, block: int = 32, seed: int = 0) -> str:
+  """``block<percent>[_size<block>][_seed<seed>]``, e.g. ``block50``."""
+  name = f"block{round(fraction * 100, 6):g}"
+  if block != 32:
+    name += f"_size{block}"
+  if seed:
+    name += f"_seed{seed}"
+  return name
+
+
+def _configs() -> list[BlockConfig]:
+  return [BlockConfig(name=config_name(f), fraction=f,
+                      description=f"Dense labels in 32-px blocks covering "
+                      f"{f:.0%} of each image, seed 0.")
+          for f in FRACTIONS]
+
+
+class _BlockBuilder(builder_base.ArrayRecordBuilder, skip_registration=True):
+  """Images, dense labels and block scribbles (module docstring)."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  CLASSES: tuple[str, ...] = ()
+  LABELS = ""  # The label encoding, stored in the metadata.
+  DESCRIPTION = ""
+  HOMEPAGE = ""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=self.DESCRIPTION,
+        features=builder_base.segmentation_features(),
+        metadata=tfds.core.MetadataDict(),
+        homepage=self.HOMEPAGE,
+        disable_shuffling=True,  # Examples keep the sorted file order.
+    )
+
+  def _pairs(self, root: pathlib.Path, split: str
+             ) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
+    """``(name, image path, label path)`` of a split, sorted."""
+    raise NotImplementedError
+
+  def _convert(self, path: pathlib.Path, labels: np.ndarray) -> np.ndarray:
+    """The stored mask (0..K-1, 255) of the label file's pixels."""
+    raise NotImplementedError
+
+  def _root(self, dl_manager) -> pathlib.Path:
+    config = self.builder_config
+    if config.root:
+      root = pathlib.Path(config.root)
+    else:
+      try:
+        root = pathlib.Path(dl_manager.manual_dir)
+      except AssertionError as e:  # TFDS's "does not exist or is empty".
+        raise FileNotFoundError(f"{self.name} root not found: {e}") from e
+    if not root.is_dir():
+      raise FileNotFoundError(f"{self.name} root {root} not found")
+    return root
+
+  def _split_generators(self, dl_manager):
+    config = self.builder_config
+    if not 0.0 <= config.fraction <= 1.0:
+      raise ValueError(f"fraction must be in [0, 1], got {config.fraction}")
+    if config.block < 1:
+      raise ValueError(f"block must be >= 1, got {config.block}")
+    unknown = sorted(set(config.splits) - set(SPLITS))
+    if unknown:
+      raise ValueError(f"unknown splits {unknown}; valid: {list(SPLITS)}")
+    root = self._root(dl_manager)
+    pairs = {split: self._pairs(root, split) for split in config.splits}
+    self.info.metadata.update(
+        num_classes=len(self.CLASSES), classes=list(self.CLASSES),
+        labels=self.LABELS, fraction=config.fraction, block=config.block,
+        seed=config.seed)
+    return {split: self._generate_examples(items)
+            for split, items in pairs.items()}
+
+  def _generate_examples(
+      self, items: Sequence[tuple[str, pathlib.Path, pathlib.Path]]
+  ) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields ``(index, example)`` in file order; checks every file."""
+    config = self.builder_config
+    for index, (name, image_path, label_path) in enumerate(items):
+      image_bytes, pixels = builder_base.open_image(image_path)
+      height, width = pixels.shape[:2]
+      _, raw = builder_base.open_label(label_path, (width, height))
+      mask = self._convert(label_path, raw)
+      blocks = scribbles.block_scribbles(
+          mask, config.fraction, block=config.block,
+          seed=example_seed(config.seed, name))
+      yield index, {"image": image_bytes,
+                    "mask": builder_base.encode_png(mask),
+                    "scribbles": builder_base.encode_png(blocks),
+                    "name": name}
+
+
+def _folders(*folders: tuple[str, pathlib.Path]) -> None:
+  for kind, path in folders:
+    if not path.is_dir():
+      raise FileNotFoundError(f"{kind} folder {path} not found")
+
+
+class CityscapesBlock(_BlockBuilder):
+  """Cityscapes fine annotations (19 trainIds) with block scribbles."""
+
+  name = "cityscapes_block"
+  BUILDER_CONFIGS: list[BlockConfig] = _configs()
+  MANUAL_DOWNLOAD_INSTRUCTIONS = CITYSCAPES_INSTRUCTIONS
+  CLASSES = CITYSCAPES_CLASSES
+  LABELS = "Cityscapes trainIds 0..18 (labelIds mapped), 255 ignore"
+  DESCRIPTION = "Cityscapes (gtFine, 19 trainIds) with block scribbles."
+  HOMEPAGE = "https://www.cityscapes-dataset.com/"
+  _SUFFIX = "_leftImg8bit.png"
+
+  def _pairs(self, root, split):
+    images = root / "leftImg8bit" / split
+    labels = root / "gtFine" / split
+    _folders(("images", images), ("labels", labels))
+    files = sorted(images.glob(f"*/*{self._SUFFIX}"))
+    if not files:
+      raise FileNotFoundError(f"no <city>/<name>{self._SUFFIX} in {images}")
+    return [(f.name[:-len(self._SUFFIX)], f,
+             labels / f.parent.name
+             / f"{f.name[:-len(self._SUFFIX)]}_gtFine_labelIds.png")
+            for f in files]
+
+  def _convert(self, path, labels):
+    return cityscapes_train_ids(labels, path)
+
+
+class Ade20kBlock(_BlockBuilder):
+  """ADE20k SceneParsing (150 classes) with block scribbles."""
+
+  name = "ade20k_block"
+  BUILDER_CONFIGS: list[BlockConfig] = _configs()
+  MANUAL_DOWNLOAD_INSTRUCTIONS = ADE20K_INSTRUCTIONS
+  CLASSES = ADE20K_CLASSES
+  LABELS = "ADE20k SceneParsing classes 0..149 (values 1..150), 255 other"
+  DESCRIPTION = "ADE20k SceneParsing (150 classes) with block scribbles."
+  HOMEPAGE = "http://sceneparsing.csail.mit.edu/"
+
+  def _pairs(self, root, split):
+    base = root / ADE20K_DIR
+    images = base / "images" / _ADE20K_FOLDERS[split]
+    labels = base / "annotations" / _ADE20K_FOLDERS[split]
+    _folders(("images", images), ("annotations", labels))
+    files = sorted(images.glob("*.jpg"))
+    if not files:
+      raise FileNotFoundError(f"no <name>.jpg in {images}")
+    return [(f.stem, f, labels / f"{f.stem}.png") for f in files]
+
+  def _convert(self, path, labels):
+    return ade20k_classes(labels, path)
+
+
+BUILDERS: dict[str, type[_BlockBuilder]] = {
+    CityscapesBlock.name: CityscapesBlock, Ade20kBlock.name: Ade20kBlock}
+
+
+def _builder_class(dataset: str) -> type[_BlockBuilder]:
+  if dataset not in BUILDERS:
+    raise ValueError(f"dataset must be one of {sorted(BUILDERS)}, got "
+                     f"{dataset!r}")
+  return BUILDERS[dataset]
+
+
+def prepare(root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
+            dataset: str, config: str = DEFAULT_CONFIG,
+            name: str | None = None, fraction: float | None = None,
+            block: int | None = None, seed: int | None = None,
+            splits: Sequence[str] | None = None) -> _BlockBuilder:
+  """Builds (or finds already built) a config of a block-scribble dataset.
+
+  Without overrides, the predefined ``config`` is built from ``root`` as
+  tfds's ``manual_dir`` into ``DATA_DIR/<dataset>/<config>/1.0.0``. With
+  overrides, a custom config (``root`` in it) is built under ``name``, by
+  default :func:`config_name` of its ``fraction``, ``block`` and ``seed``
+  (``block10_seed3``); a name equal to a predefined config's means that one.
+
+  Args:
+    root: the source root (module docstring).
+    data_dir: TFDS data directory to write to.
+    dataset: ``"cityscapes_block"`` or ``"ade20k_block"``.
+    config: a predefined config to start from (``block10/20/50``).
+    name: the config name of a custom config.
+    fraction, block, seed, splits: see :class:`BlockConfig`.
+
+  Returns:
+    The prepared builder; ``builder.as_data_source(split)`` reads it.
+  """
+  cls = _builder_class(dataset)
+  if not pathlib.Path(root).is_dir():
+    raise FileNotFoundError(f"{dataset} root {root} not found; it should "
+                            f"hold:\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  predefined = cls.builder_configs
+  if config not in predefined:
+    raise ValueError(f"unknown config {config!r}; valid: {sorted(predefined)}")
+  base = predefined[config]
+  overrides = {k: v for k, v in dict(
+      fraction=fraction, block=block, seed=seed,
+      splits=None if splits is None else tuple(splits)).items()
+               if v is not None}
+  custom = dataclasses.replace(base, root=str(root), **overrides)
+  if name is None:
+    name = config_name(custom.fraction, custom.block, custom.seed)
+  if name in predefined:
+    if any(getattr(predefined[name], k) != getattr(custom, k)
+           for k in ("fraction", "block", "seed", "splits")):
+      raise ValueError(f"{name!r} is a predefined config; give the custom "
+                       "config a name= of its own")
+    builder = cls(config=name, data_dir=str(data_dir))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=str(root)))
+    return builder
+  builder = cls(config=dataclasses.replace(custom, name=name),
+                data_dir=str(data_dir))
+  builder.download_and_prepare()
+  return builder
+
+
+def load(data_dir: str | pathlib.Path, config: str = DEFAULT_CONFIG,
+         version: str | None = None, *, dataset: str,
+         decoders: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Random-access sources of a prepared config (no source files needed).
+
+  Args:
+    data_dir: the TFDS data directory given to :func:`prepare`.
+    config: the config name.
+    version: the version; the newest prepared one by default.
+    dataset: ``"cityscapes_block"`` or ``"ade20k_block"``.
+    decoders: TFDS decoders, e.g. ``{"image": tfds.decode.SkipDecoding()}``.
+
+  Returns:
+    ``{split: data source}`` (:func:`builder_base.load_prepared`).
+  """
+  return builder_base.load_prepared(data_dir, _builder_class(dataset).name,
+                                    config, version, decoders=decoders)
