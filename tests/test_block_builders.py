@@ -1,4 +1,4 @@
-"""Tests of potts_jax.data.block_builders (``cityscapes_block``, ``ade20k_block``).
+"""Tests of potts_jax.data.block_builders (cityscapes_block, ade20k_block).
 
 Miniature Cityscapes and ADE20k trees are built in a temporary folder from
 real CamVid frames of ``shared/data/camvid`` (2 train, 2 val): CamVid classes
