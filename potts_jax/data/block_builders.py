@@ -1,11 +1,10 @@
 """TFDS builders ``cityscapes_block`` and ``ade20k_block``: block scribbles.
 
 Images and dense labels of Cityscapes (19 trainIds) and ADE20k SceneParsing
-(150 classes) with the *block scribbles* of the paper (appendix C, following
-TEL, Liang et al. 2022, and Block Annotation, Lin et al. 2019): the dense
-labels kept only inside random square blocks that cover a given share of the
-image, 255 elsewhere. Nothing is downloaded: the files are read from a root
-folder (manual download). Layouts relative to ``ROOT``::
+(150 classes) with the paper's *block scribbles* (appendix C, after TEL,
+Liang et al. 2022, and Block Annotation, Lin et al. 2019), written as
+array_record. Files are read from a root folder (manual download;
+:data:`CITYSCAPES_INSTRUCTIONS`, :data:`ADE20K_INSTRUCTIONS`)::
 
   cityscapes_block
     ROOT/leftImg8bit/{train,val}/<city>/<name>_leftImg8bit.png    RGB photo
@@ -14,41 +13,30 @@ folder (manual download). Layouts relative to ``ROOT``::
     ROOT/ADEChallengeData2016/images/{training,validation}/<name>.jpg
     ROOT/ADEChallengeData2016/annotations/{training,validation}/<name>.png
 
-``ROOT`` is tfds's ``manual_dir`` or ``BlockConfig.root``; :func:`prepare`
-does either. Every image needs its label file; label files without an image
-are ignored.
+``ROOT`` is tfds's ``manual_dir`` or ``BlockConfig.root``. Every image needs
+its label file; labels without an image are ignored. Labels (``mask``, 255
+ignore): Cityscapes labelIds 0..33 -> trainIds by the official table of
+``cityscapesscripts/helpers/labels.py`` (:data:`CITYSCAPES_TRAIN_IDS`; the
+other ids -> 255); ADE20k 0 ("other") -> 255, 1..150 -> 0..149
+(:data:`ADE20K_CLASSES`). A value outside those ranges is an error.
 
-Labels (``mask``, ``[H, W, 1]`` uint8, 255 ignore):
+Scribbles: :func:`potts_jax.data.scribbles.block_scribbles` of the mask: the
+image is tiled into ``block`` x ``block`` squares from the top-left corner,
+tiles are taken in a random order until they cover ``fraction`` of the image
+(within half a tile), and the mask is kept inside them, 255 elsewhere. The
+seed of an example is :func:`example_seed` ``(config.seed, name)``,
+independent of order and of the other examples. The paper does not give the
+block size; ``block`` is 32 px by default.
 
-- Cityscapes: the ``labelIds`` (0..33) mapped to the 19 trainIds by the
-  official table of ``cityscapesscripts/helpers/labels.py``
-  (:data:`CITYSCAPES_TRAIN_IDS`; every other id, e.g. 0 unlabeled,
-  9 parking, 29 caravan, becomes 255). An id above 33 is an error.
-- ADE20k: 0 ("other") -> 255, 1..150 -> 0..149 (:data:`ADE20K_CLASSES`,
-  ``objectInfo150``'s first names). A value above 150 is an error.
-
-Scribbles: :func:`potts_jax.data.scribbles.block_scribbles` of the mask:
-the image is tiled into ``block`` x ``block`` squares from the top-left
-corner, tiles are taken in a random order until they hold the share
-``fraction`` of the image's pixels (within half a tile), and the mask is kept
-inside them (its 255 stays 255). The seed of each example is
-:func:`example_seed` ``(config.seed, name)``, independent of order and of the
-other examples, so a config is deterministic. The paper does not give the
-block size; ``block`` is 32 px by default (a config field).
-
-Configs (:data:`FRACTIONS`): ``block10``, ``block20``, ``block50`` (the
-paper's Table 6 uses 50%); seed 0, block 32. :func:`prepare` builds others
-(another seed, block size or share) under a name of their own.
-``info.metadata``: ``num_classes``, ``classes``, ``labels`` (the encoding),
-``fraction``, ``block``, ``seed``.
-
-Features (:func:`builder_base.segmentation_features`): ``image`` (the
-source file's own bytes: reading back is byte-identical), ``mask``,
-``scribbles``, ``name`` (``<city>_<seq>_<frame>`` or ``ADE_train_<n>``).
-Splits ``train`` and ``val`` in sorted file order. No TensorFlow: read with
-:func:`load` or ``builder.as_data_source(split)``.
-
-Usage::
+Configs ``block10``, ``block20``, ``block50`` (:data:`FRACTIONS`; the paper's
+Table 6 uses 50%), seed 0; :func:`prepare` builds others under names of
+their own (:func:`config_name`). ``info.metadata``: ``num_classes``,
+``classes``, ``labels``, ``fraction``, ``block``, ``seed``. Features
+(:func:`builder_base.segmentation_features`): ``image`` (the source file's
+bytes: reading back is byte-identical), ``mask``, ``scribbles``, ``name``
+(``<city>_<seq>_<frame>``, ``ADE_train_<n>``). Splits ``train`` and ``val``
+in sorted file order. No TensorFlow: read with :func:`load` or
+``builder.as_data_source(split)``::
 
   from potts_jax.data import block_builders
   block_builders.prepare("/data/cityscapes", "/tmp/tfds",
@@ -56,11 +44,10 @@ Usage::
   val = block_builders.load("/tmp/tfds", "block50",
                             dataset="cityscapes_block")["val"]
 
-Bad input fails the preparation with an error naming the folder or file (a
-missing root, folder or label file: ``FileNotFoundError``; an undecodable
-file, a label whose size differs from its image, an unknown label id:
-``ValueError``). TFDS writes into a temporary directory renamed only at the
-end, so nothing readable is left behind.
+Bad input fails the preparation with an error naming the folder or file
+(missing: ``FileNotFoundError``; undecodable, of another size than its
+image, an unknown label value: ``ValueError``); TFDS writes into a temporary
+directory renamed only at the end, so nothing readable is left behind.
 """
 
 from __future__ import annotations
@@ -92,37 +79,29 @@ CITYSCAPES_TRAIN_IDS: dict[int, int] = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18,
 }
-"""labelId -> trainId (``cityscapesscripts`` labels.py); ids 0..33 not
-listed (unlabeled, ego vehicle, rectification border, out of roi, static,
-dynamic, ground, parking, rail track, guard rail, bridge, tunnel, polegroup,
-caravan, trailer) are ignored (255)."""
+"""labelId -> trainId (``cityscapesscripts`` labels.py); the other ids
+0..33 (unlabeled, ego vehicle, ..., parking, ..., caravan, trailer) -> 255."""
 CITYSCAPES_NUM_IDS = 34
 
-ADE20K_CLASSES: tuple[str, ...] = (
-    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed",
-    "windowpane", "grass", "cabinet", "sidewalk", "person", "earth", "door",
-    "table", "mountain", "plant", "curtain", "chair", "car", "water",
-    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field",
-    "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp",
-    "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
-    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace",
-    "refrigerator", "grandstand", "path", "stairs", "runway", "case",
-    "pool table", "pillow", "screen door", "stairway", "river", "bridge",
-    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill",
-    "bench", "countertop", "stove", "palm", "kitchen island", "computer",
-    "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus", "towel",
-    "light", "truck", "tower", "chandelier", "awning", "streetlight",
-    "booth", "television receiver", "airplane", "dirt track", "apparel",
-    "pole", "land", "bannister", "escalator", "ottoman", "bottle", "buffet",
-    "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy",
-    "washer", "plaything", "swimming pool", "stool", "barrel", "basket",
-    "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food",
-    "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle",
-    "lake", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce",
-    "vase", "traffic light", "tray", "ashcan", "fan", "pier", "crt screen",
-    "plate", "monitor", "bulletin board", "shower", "radiator", "glass",
-    "clock", "flag",
-)
+ADE20K_CLASSES: tuple[str, ...] = tuple((
+    "wall,building,sky,floor,tree,ceiling,road,bed,windowpane,grass,cabinet,"
+    "sidewalk,person,earth,door,table,mountain,plant,curtain,chair,car,"
+    "water,painting,sofa,shelf,house,sea,mirror,rug,field,armchair,seat,"
+    "fence,desk,rock,wardrobe,lamp,bathtub,railing,cushion,base,box,column,"
+    "signboard,chest of drawers,counter,sand,sink,skyscraper,fireplace,"
+    "refrigerator,grandstand,path,stairs,runway,case,pool table,pillow,"
+    "screen door,stairway,river,bridge,bookcase,blind,coffee table,toilet,"
+    "flower,book,hill,bench,countertop,stove,palm,kitchen island,computer,"
+    "swivel chair,boat,bar,arcade machine,hovel,bus,towel,light,truck,tower,"
+    "chandelier,awning,streetlight,booth,television receiver,airplane,"
+    "dirt track,apparel,pole,land,bannister,escalator,ottoman,bottle,buffet,"
+    "poster,stage,van,ship,fountain,conveyer belt,canopy,washer,plaything,"
+    "swimming pool,stool,barrel,basket,waterfall,tent,bag,minibike,cradle,"
+    "oven,ball,food,step,tank,trade name,microwave,pot,animal,bicycle,lake,"
+    "dishwasher,screen,blanket,sculpture,hood,sconce,vase,traffic light,"
+    "tray,ashcan,fan,pier,crt screen,plate,monitor,bulletin board,shower,"
+    "radiator,glass,clock,flag"
+).split(","))
 """Names of ADE20k SceneParsing classes 0..149 (annotation values 1..150)."""
 
 ADE20K_DIR = "ADEChallengeData2016"
