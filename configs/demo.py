@@ -41,6 +41,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.relaxation = arg.relaxation
   c.cross_entropy = arg.cross_entropy
   c.log_every = 25
+  c.figure = True
   c.checkpoint_every = 100
   c.total_steps = 400
   c.stages = (

@@ -38,6 +38,12 @@ _WORKDIR = flags.DEFINE_string("workdir", None,
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_orbax(record: std_logging.LogRecord) -> bool:
+  """Drops Orbax's INFO chatter (a dozen lines per save) from the console."""
+  return (record.levelno >= std_logging.WARNING
+          or f"{os.sep}orbax{os.sep}" not in record.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -55,6 +61,7 @@ def main(argv):
     log_file = std_logging.FileHandler(os.path.join(workdir, "log.txt"))
     log_file.setFormatter(logging.PythonFormatter())
     logging.get_absl_logger().addHandler(log_file)
+  logging.get_absl_handler().addFilter(_quiet_orbax)
   logging.info("potts_jax.main: %s, %d devices (%d processes)", workdir,
                jax.device_count(), jax.process_count())
   try:
@@ -62,7 +69,7 @@ def main(argv):
   except FileNotFoundError as e:  # e.g. a dataset that is not prepared.
     logging.error("%s", e)
     sys.exit(f"error: {e}")
-  if jax.process_index() == 0:
+  if record:  # Every process prints the same (global) numbers.
     summary = {k: record[k] for k in ("step", "miou", "pixel_accuracy",
                                       "preempted") if k in record}
     for name, stage in record.get("stages", {}).items():

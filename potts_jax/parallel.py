@@ -49,15 +49,26 @@ def initialize_distributed() -> None:
   """``jax.distributed.initialize()`` on multi-host launches, else nothing.
 
   Called by ``main()`` only, never at import. It initialises when the
-  environment names a coordinator (``JAX_COORDINATOR_ADDRESS``, or a cluster
-  JAX auto-detects: Slurm with several tasks, Cloud TPU pods, MPI); a single
-  process without one runs as is.
+  environment names a coordinator (``JAX_COORDINATOR_ADDRESS``, with
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` for a launch by hand), or a
+  cluster JAX auto-detects (Slurm with several tasks, Cloud TPU pods, Open
+  MPI); a single process without one runs as is. On CPU, processes exchange
+  collectives through gloo (JAX's default).
   """
   auto = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
           or "TPU_WORKER_HOSTNAMES" in os.environ
           or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
   if "JAX_COORDINATOR_ADDRESS" in os.environ or auto:
-    jax.distributed.initialize()
+    kwargs = {}
+    for key, env in (("num_processes", "JAX_NUM_PROCESSES"),
+                     ("process_id", "JAX_PROCESS_ID")):
+      if env in os.environ:
+        try:
+          kwargs[key] = int(os.environ[env])
+        except ValueError:
+          raise ValueError(f"{env}={os.environ[env]!r} is not an integer"
+                           ) from None
+    jax.distributed.initialize(**kwargs)
     logging.info("jax.distributed: process %d of %d, %d local / %d devices",
                  jax.process_index(), jax.process_count(),
                  jax.local_device_count(), jax.device_count())

@@ -316,7 +316,7 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
       eval_step, graphdef=graphdef, num_classes=data.num_classes,
       scales=tuple(config.eval_scales), flip=config.eval_flip),
       replicated=(True, False))
-  writer = metrics.MetricWriter(workdir)
+  writer = metrics.MetricWriter(workdir, log_scalars=False)
   progress = metrics.ProgressLogger(config.total_steps, config.batch_size)
   the_protocol = protocol(config, data.description)
   logging.info("stage %s: %s from step %d to %d", config.get("name", ""),

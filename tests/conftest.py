@@ -11,6 +11,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The XLA:CPU loop setting of the command-line entry points (potts_jax/xla_flags.py),
+# so that tests and the subprocesses they start compile the same programs.
+from potts_jax import xla_flags  # noqa: E402  (imports no JAX)
+
+xla_flags.prefer_threaded_cpu_loops()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # The data shared beside the repository (never copied into it).
