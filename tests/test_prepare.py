@@ -132,6 +132,8 @@ def test_usage_errors_exit_with_a_message(tmp_path):
     prepare.prepare("voc_scribble", "xml", tmp_path, tmp_path, seed=1)
   with pytest.raises(prepare.OptionError, match="folder only"):
     prepare.prepare(CITYSCAPES, "", tmp_path, tmp_path, scribble_set="set1")
+  with pytest.raises(prepare.OptionError, match="--splits applies to folder"):
+    prepare.prepare("voc_scribble", "xml", tmp_path, tmp_path, splits=["val"])
   with pytest.raises(ValueError, match="dataset must be one of"):
     prepare.prepare("cityscapes", "", tmp_path, tmp_path)
   with pytest.raises(ValueError, match="unknown config 'block30'"):
@@ -178,7 +180,7 @@ def test_folder(shared_data, tmp_path):
   (root / "train.txt").write_text("\n".join(names) + "\n")
   shutil.copy(camvid / "classes.txt", root / "classes.txt")
   builder = prepare.prepare("folder", "tiny_seed3", root, tmp_path / "tfds",
-                            seed=3)
+                            seed=3, splits=["train"])
   assert builder.builder_config.seed == 3
   meta = builder.info.metadata
   assert meta["num_classes"] == 11 and meta["scribbles"] == "synthetic"

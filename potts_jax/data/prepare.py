@@ -77,7 +77,7 @@ _SCRIBBLE_SET = flags.DEFINE_string(
     "scribble_set", None, "folder: sub-folder of ROOT/scribbles/, or "
     "'synthetic'.")
 _SPLITS = flags.DEFINE_list(
-    "splits", None, "The splits to build (all by default).")
+    "splits", None, "folder: the splits to build (all found by default).")
 
 
 class OptionError(ValueError):
@@ -129,7 +129,7 @@ def prepare(dataset: str, config: str, root: str | pathlib.Path | None,
     data_dir: TFDS data directory.
     seed: block-scribble or synthetic-scribble seed.
     scribble_set: ``folder`` only.
-    splits: the splits to build; ``None`` for all.
+    splits: ``folder`` only: the splits to build; ``None`` for all.
 
   Raises:
     OptionError: for an option the dataset does not take, or no ``root``.
@@ -142,24 +142,22 @@ def prepare(dataset: str, config: str, root: str | pathlib.Path | None,
   config = config or _DEFAULT_CONFIG[dataset]
   if seed is not None and dataset not in _BLOCK + ("folder",):
     raise OptionError(f"--seed does not apply to {dataset}")
-  if scribble_set is not None and dataset != "folder":
-    raise OptionError(f"--scribble_set applies to folder only, not {dataset}")
+  for option, value in (("scribble_set", scribble_set), ("splits", splits)):
+    if value is not None and dataset != "folder":
+      raise OptionError(f"--{option} applies to folder only, not {dataset}")
   if dataset in ("demo", "demo_tfds"):
     from potts_jax.data import demo_builder
-    if splits is not None:
-      raise OptionError("the demo builds both splits; --splits does not "
-                        "apply")
     return demo_builder.prepare(data_dir, name=config, **demo_options(config))
   if not root:
     raise OptionError(f"{dataset} needs --root, the folder of the downloaded "
                      "files (see --help)")
   if dataset == "voc_scribble":
     from potts_jax.data import voc_builder
-    return voc_builder.prepare(root, data_dir, config=config, splits=splits)
+    return voc_builder.prepare(root, data_dir, config=config)
   if dataset in _BLOCK:
     from potts_jax.data import block_builders
     return block_builders.prepare(root, data_dir, dataset=dataset,
-                                  config=config, seed=seed, splits=splits)
+                                  config=config, seed=seed)
   from potts_jax.data import folder_builder
   return folder_builder.prepare(root, data_dir, name=config or None,
                                 scribble_set=scribble_set, splits=splits,
