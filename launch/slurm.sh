@@ -43,17 +43,23 @@ cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
 PYTHON="${PYTHON:-python}"
 MODE="${POTTS_TASKS_PER:-gpu}"
 
+# GPUs per node: from Slurm (--gpus-per-node, "4" or "a100:4"), else counted.
+GPUS_PER_NODE="${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-}}"
+GPUS_PER_NODE="${GPUS_PER_NODE##*:}"
+if [[ -z "$GPUS_PER_NODE" ]] && command -v nvidia-smi >/dev/null; then
+  GPUS_PER_NODE="$(nvidia-smi -L | wc -l)"
+fi
+
 SRUN_ARGS=()
 case "$MODE" in
   gpu)
-    GPUS_PER_NODE="${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}"
-    SRUN_ARGS+=(--ntasks-per-node="${GPUS_PER_NODE##*:}")
+    if [[ -n "$GPUS_PER_NODE" ]]; then
+      SRUN_ARGS+=(--ntasks-per-node="$GPUS_PER_NODE")
+    fi  # else sbatch's --ntasks-per-node
     ;;
   node)
-    GPUS_PER_NODE="${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}"
-    GPUS_PER_NODE="${GPUS_PER_NODE##*:}"
     export JAX_LOCAL_DEVICE_IDS
-    JAX_LOCAL_DEVICE_IDS="$(seq -s, 0 $((GPUS_PER_NODE - 1)))"
+    JAX_LOCAL_DEVICE_IDS="$(seq -s, 0 $((${GPUS_PER_NODE:-1} - 1)))"
     SRUN_ARGS+=(--ntasks-per-node=1)
     ;;
   *)
