@@ -1,5 +1,5 @@
 # Two commands do all the set-up (README quick start):
-#   make demo   creates/reuses .venv, installs the package, runs the demo
+#   make demo   creates/reuses .venv, installs the package, trains on the demo data
 #   make test   creates/reuses .venv, installs the package, runs the tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.potts_jax-installed
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/potts_jax/jax-cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0.5
 
-.PHONY: demo test bench clean
+.PHONY: demo solver-demo test bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/python -m potts_jax.demo --out demo_out
+	$(BIN)/python -m potts_jax.main --config=configs/demo.py --workdir=demo_out
+
+solver-demo: $(STAMP)
+	$(BIN)/python -m potts_jax.demo --out solver_demo_out
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
@@ -30,4 +33,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/solver.py
 
 clean:
-	rm -rf demo_out .pytest_cache
+	rm -rf demo_out solver_demo_out .pytest_cache

@@ -26,57 +26,13 @@ GridCRF loss 37.7, DenseCRF loss 37.4; full supervision 44.6).
 
 import ml_collections
 
-from configs import common
-from configs import voc
+from configs import cityscapes
 
 TRAIN_IMAGES = 20_210
 EPOCHS = 120
-LR = 0.01
-BLOCKS = (10, 20, 50)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  arg = common.parse_arg(
-      arg, method="soft_sl", relaxation="cd", cross_entropy="cce",
-      neighborhood="nn4", stage="single", block=50, batch=12,
-      pretrained=True, runlocal=False)
-  voc.check_choice("block", arg.block, BLOCKS)
-  c = common.get_config()
-  c.lock()
-
-  c.dataset = "ade20k_block"
-  c.dataset_config = f"block{arg.block}"
-  c.num_classes = 150
-  c.train_split = "train"
-  c.eval_split = "val"
-  c.crop_size = 513
-  c.scale_range = (0.5, 2.0)
-  c.flip = True
-  c.blur_prob = 0.0
-  c.eval_batch_size = 4
-
-  c.model.backbone = "resnet101"
-  c.model.output_stride = 16
-  c.model.pretrained_dir = "weights/resnet101" if arg.pretrained else ""
-
-  c.batch_size = arg.batch
-  c.total_steps = voc.steps_for(EPOCHS, TRAIN_IMAGES, arg.batch)
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.poly_power = 0.9
-
-  voc.set_loss(c, arg)
-  c.eta = 0.3
-  c.lam = 6.0
-  c.sigma_rgb = 3.0
-  c.solver_steps = 200
-  c.solver_step_size = 0.075
-
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.name = (f"ade20k_block{arg.block}_{arg.method}_{arg.cross_entropy}_"
-            f"{arg.relaxation}_{arg.neighborhood}")
-  if arg.runlocal:
-    voc.set_runlocal(c)
-  voc.set_stages(c, arg.stage, arg.method, LR, LR / 10)
-  return c
+  return cityscapes.block_config(
+      arg, dataset="ade20k_block", num_classes=150,
+      train_images=TRAIN_IMAGES, epochs=EPOCHS, crop_size=513)

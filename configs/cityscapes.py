@@ -41,6 +41,14 @@ BLOCKS = (10, 20, 50)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  return block_config(arg, dataset="cityscapes_block", num_classes=19,
+                      train_images=TRAIN_IMAGES, epochs=EPOCHS, crop_size=769)
+
+
+def block_config(arg: str, *, dataset: str, num_classes: int,
+                 train_images: int, epochs: int, crop_size: int
+                 ) -> ml_collections.ConfigDict:
+  """The block-scribble recipe of Table 6 (shared with :mod:`configs.ade20k`)."""
   arg = common.parse_arg(
       arg, method="soft_sl", relaxation="cd", cross_entropy="cce",
       neighborhood="nn4", stage="single", block=50, batch=12,
@@ -49,12 +57,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c = common.get_config()
   c.lock()
 
-  c.dataset = "cityscapes_block"
+  c.dataset = dataset
   c.dataset_config = f"block{arg.block}"
-  c.num_classes = 19
+  c.num_classes = num_classes
   c.train_split = "train"
   c.eval_split = "val"
-  c.crop_size = 769
+  c.crop_size = crop_size
   c.scale_range = (0.5, 2.0)
   c.flip = True
   c.blur_prob = 0.0
@@ -65,7 +73,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.model.pretrained_dir = "weights/resnet101" if arg.pretrained else ""
 
   c.batch_size = arg.batch
-  c.total_steps = voc.steps_for(EPOCHS, TRAIN_IMAGES, arg.batch)
+  c.total_steps = voc.steps_for(epochs, train_images, arg.batch)
   c.momentum = 0.9
   c.weight_decay = 5e-4
   c.poly_power = 0.9
@@ -79,7 +87,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   c.log_every = 50
   c.checkpoint_every = 1000
-  c.name = (f"cityscapes_block{arg.block}_{arg.method}_{arg.cross_entropy}_"
+  c.name = (f"{dataset}{arg.block}_{arg.method}_{arg.cross_entropy}_"
             f"{arg.relaxation}_{arg.neighborhood}")
   if arg.runlocal:
     voc.set_runlocal(c)

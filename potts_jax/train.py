@@ -210,14 +210,25 @@ def write_figure(path: str, graphdef, state, source, config, count: int = 4,
 
 
 def _stage_configs(config: ml_collections.ConfigDict, workdir: str):
-  """``[(stage config, stage workdir)]`` of a config with ``stages``."""
+  """``[(stage config, stage workdir)]`` of a config with ``stages``.
+
+  Raises:
+    ValueError: for a stage without a ``name`` or with a key the config does
+      not have (a typo would otherwise be ignored).
+  """
   out = []
   previous = None
-  for overrides in config.stages:
+  for i, overrides in enumerate(config.stages):
+    overrides = dict(overrides)
+    if not overrides.get("name"):
+      raise ValueError(f"stages[{i}] has no name: {overrides}")
+    unknown = sorted(set(overrides) - set(config) - {"name"})
+    if unknown:
+      raise ValueError(f"stage {overrides['name']!r} sets unknown config keys "
+                       f"{unknown}")
     stage = ml_collections.ConfigDict(config.to_dict())
     del stage["stages"]
-    with stage.unlocked():
-      stage.update(dict(overrides))
+    stage.update(overrides)
     if previous is not None and not overrides.get("init_from"):
       stage.init_from = previous
     previous = os.path.join(workdir, overrides["name"])
@@ -364,8 +375,8 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
     if config.get("figure"):
       write_figure(os.path.join(workdir, "figure.png"), graphdef,
                    _host_copy(par.unreplicate(state)), data.eval, config,
-                   title=f"{config.get('name', '')} {config.method}: mIoU "
-                   f"{record['miou']:.3f} ({the_protocol})")
+                   title=f"{config.get('name', '')} {config.method}: "
+                   f"{config.eval_split} mIoU {record['miou']:.3f}")
     metrics.write_metrics_json(os.path.join(workdir, "metrics.json"), record)
   writer.close()
   return record
