@@ -83,6 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eta = 0.3
   c.lam = 6.0
   c.sigma_rgb = 9.0
+  c.sigma_xy = 100.0  # spatial bandwidth (pixels) of neighborhood="dense"
   c.solver_steps = 200
   c.solver_step_size = 0.075
   c.init_from = ""  # a stage-1 workdir or checkpoint

@@ -34,6 +34,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from potts_jax import bilateral
 from potts_jax import labels as label_codes
 from potts_jax import neighborhoods
 from potts_jax import potts
@@ -168,31 +169,50 @@ def gradient_descent_loss(
     lam: float = 6.0,
     sigma_rgb: float = 9.0,
     axis_name: str | None = None,
+    sigma_xy: float = 100.0,
+    scale_factor: float = 1.0,
 ) -> Array:
   """Regularised loss of paper eq. 4, optimised directly by the network.
 
   ``pCE + η · mean_{i unlabeled} H(σ_i) + λ · Σ_{ij} w_ij P(σ_i, σ_j) / #pairs``,
-  with H the Shannon entropy and ``#pairs`` the number of valid grid pairs.
+  with H the Shannon entropy and ``#pairs`` the number of valid grid pairs;
+  for ``dense``, the ordered pairs ``i ≠ j`` of valid pixels of each image
+  (``Σ_b V_b (V_b - 1)``, V_b its valid pixels), the sum by permutohedral
+  filtering (:mod:`potts_jax.bilateral`, ``bl`` and ``q`` only).
 
   Args:
     logits: ``[B, H, W, K]`` network logits.
     image: ``[B, H, W, 3]`` RGB in 0..255.
     labels: ``[B, H, W]`` int.
     relaxation: Potts relaxation name.
-    neighborhood: ``nn4`` or ``nn8``.
+    neighborhood: ``nn4``, ``nn8`` or ``dense``.
     eta, lam, sigma_rgb: weights and colour bandwidth.
     axis_name: see :func:`partial_cross_entropy` (pairs counted globally too).
+    sigma_xy: spatial bandwidth of ``dense`` in pixels.
+    scale_factor: static downscaling of ``dense``
+      (:func:`potts_jax.bilateral.prepare`).
 
   Returns:
     Scalar loss.
   """
-  p = potts.relaxation(relaxation)
-  weights = neighborhoods.affinities(
-      image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
-  )
   sigma = jax.nn.softmax(logits, axis=-1)
-  potts_sum = jnp.sum(neighborhoods.grid_energy(sigma, weights, p))
-  num_pairs = _count(neighborhoods.pair_mask(labels, neighborhood), axis_name)
+  if neighborhoods.check_neighborhood(neighborhood) == "dense":
+    graph = bilateral.prepare(
+        jax.lax.stop_gradient(image), labels, sigma_xy=sigma_xy,
+        sigma_rgb=sigma_rgb, scale_factor=scale_factor)
+    potts_sum = jnp.sum(bilateral.dense_energy(sigma, graph, relaxation))
+    valid = jnp.sum(label_codes.valid(labels).astype(jnp.float32), (1, 2))
+    num_pairs = jnp.sum(valid * (valid - 1.0))
+    if axis_name is not None:
+      num_pairs = jax.lax.psum(num_pairs, axis_name)
+  else:
+    weights = neighborhoods.affinities(
+        image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
+    )
+    potts_sum = jnp.sum(neighborhoods.grid_energy(
+        sigma, weights, potts.relaxation(relaxation)))
+    num_pairs = _count(neighborhoods.pair_mask(labels, neighborhood),
+                       axis_name)
   return (
       partial_cross_entropy(logits, labels, axis_name=axis_name)
       + eta * _masked_mean(entropy(logits), label_codes.unlabeled(labels),

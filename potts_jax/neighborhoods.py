@@ -35,19 +35,36 @@ OFFSETS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
+#: Every neighbourhood the solver and the losses accept.
+NAMES = ("nn4", "nn8", "dense")
+
+
+def check_neighborhood(name: str) -> str:
+  """Returns ``name`` if it is ``nn4``, ``nn8`` or ``dense``, else raises."""
+  if name not in NAMES:
+    raise ValueError(
+        f"unknown neighborhood {name!r}; expected one of {list(NAMES)}"
+    )
+  return name
+
+
 def check_name(name: str) -> str:
-  """Returns ``name`` if it names a grid neighbourhood, else raises."""
+  """Returns ``name`` if it names a grid neighbourhood, else raises.
+
+  Raises:
+    NotImplementedError: for ``dense``, which has no grid offsets (it lives
+      in :mod:`potts_jax.bilateral`; the solver and the losses accept it).
+    ValueError: for an unknown name.
+  """
   if name == "dense":
     raise NotImplementedError(
-        "neighborhood='dense' needs the permutohedral-lattice dense Potts of "
-        "potts_jax/bilateral.py, which is not written yet (issue 7); use "
-        "'nn4' or 'nn8'"
+        "neighborhood='dense' is not a grid neighbourhood: the grid "
+        "functions (affinities, pair_mask, grid_energy, quadratic.solve_exact) "
+        "take 'nn4' or 'nn8'; dense Potts energies are in "
+        "potts_jax/bilateral.py (solver.solve, solver.energy and "
+        "losses.gradient_descent_loss accept neighborhood='dense')"
     )
-  if name not in OFFSETS:
-    raise ValueError(
-        f"unknown neighborhood {name!r}; expected one of {list(OFFSETS)} "
-        "(or 'dense' once bilateral.py exists)"
-    )
+  check_neighborhood(name)
   return name
 
 

@@ -23,7 +23,14 @@ How it is computed (same iterates as the textbook autodiff loop, measured in
   exp(δ)``. One ``exp`` per element and step, no softmax max/sum passes, and
   labeled pixels stay one-hot because their step is zero. With an optax
   ``optimizer`` the loop keeps the logits and their optimizer state instead.
-* On the CPU backend, plain descent runs as one native call
+* ``neighborhood="dense"`` (:mod:`potts_jax.bilateral`, ``bl`` and ``q``
+  only) runs the textbook loop on the logits in XLA: the lattice is built
+  once per call, and each step takes ``∂E/∂l`` by autodiff through the
+  softmax, the reset and the unary term, with the dense Potts gradient from
+  one permutohedral filtering (its ``custom_vjp``). The dense sum runs over
+  ordered pairs ``i ≠ j`` (each unordered pair twice), so λ must be far
+  smaller than on a grid.
+* On the CPU backend, plain descent on a grid runs as one native call
   (:mod:`potts_jax.cpu_solver`, ``native/grid_solver.cc``): the same
   formulas, one sweep over the rows of each image per step, images spread
   over threads (1.5-2.3x the XLA:CPU loop, benchmarks/RESULTS.md). Other backends, the optax path,
@@ -40,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from potts_jax import bilateral
 from potts_jax import cpu_solver
 from potts_jax import labels as label_codes
 from potts_jax import losses
@@ -103,7 +111,9 @@ def _check_options(relaxation, cross_entropy, neighborhood, num_steps, kernel):
     raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
   potts.check_name(relaxation)
   losses.check_name(cross_entropy)
-  neighborhoods.check_name(neighborhood)
+  neighborhoods.check_neighborhood(neighborhood)
+  if neighborhood == "dense":
+    bilateral.check_relaxation(relaxation)
   if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
     raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")
 
@@ -126,9 +136,12 @@ def _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta, lam):
   labeled = label_codes.scribbled(labels)
   onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k, dtype=jnp.float32)
   onehot = onehot * labeled[..., None]
-  weights = lam * neighborhoods.affinities(
-      image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
-  )
+  if neighborhood == "dense":  # λ and the pairs live in a DenseGraph.
+    weights = jnp.zeros(labels.shape + (0,), jnp.float32)
+  else:
+    weights = lam * neighborhoods.affinities(
+        image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
+    )
   sigma = jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32))
   return _Problem(
       sigma=sigma,
@@ -265,21 +278,77 @@ def _energy_value(y, prob, relaxation, cross_entropy):
   return unary + pairs
 
 
+def _dense_energy_value(y, prob, graph, lam, relaxation, cross_entropy):
+  """E(y) ``[B]`` with the dense Potts term."""
+  h = losses.cross_entropy(cross_entropy)
+  unary = jnp.sum(prob.unary_weight * h(prob.sigma, y), axis=(1, 2))
+  return unary + lam * bilateral.dense_energy(y, graph, relaxation)
+
+
+def _solve_dense(logits, prob, graph, lam, step_size, *, relaxation,
+                 cross_entropy, num_steps, optimizer, record):
+  """The loop on the logits, ``∂E/∂l`` by autodiff (module docstring)."""
+  energy_fn = functools.partial(
+      _dense_energy_value, prob=prob, graph=graph, lam=lam,
+      relaxation=relaxation, cross_entropy=cross_entropy)
+
+  def to_y(l):
+    return _reset(jax.nn.softmax(l), prob)
+
+  def value_and_grad(l):
+    e, vjp = jax.vjp(lambda l: energy_fn(to_y(l)), l)
+    return e, vjp(jnp.ones_like(e))[0]
+
+  def step(carry):
+    if optimizer is None:
+      e, g = value_and_grad(carry)
+      return carry - step_size * g, e
+    l, state = carry
+    e, g = value_and_grad(l)
+    updates, state = optimizer.update(g, state, l)
+    return (optax.apply_updates(l, updates), state), e
+
+  logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
+  carry = logits if optimizer is None else (logits, optimizer.init(logits))
+  if record:
+    carry, energies = jax.lax.scan(lambda c, _: step(c), carry, None,
+                                   length=num_steps)
+  else:
+    carry = jax.lax.fori_loop(0, num_steps, lambda _, c: step(c)[0], carry)
+    energies = None
+  y = to_y(carry if optimizer is None else carry[0])
+  if record:
+    energies = jnp.concatenate([energies, energy_fn(y)[None]], axis=0)
+  return jax.lax.stop_gradient(y), energies
+
+
 @functools.partial(
     jax.jit,
     static_argnames=(
         "relaxation", "cross_entropy", "neighborhood", "num_steps",
-        "optimizer", "record", "kernel",
+        "optimizer", "record", "kernel", "scale_factor", "lattice_capacity",
     ),
 )
 def _solve(
-    logits, image, labels, eta, lam, sigma_rgb, step_size, *,
+    logits, image, labels, eta, lam, sigma_rgb, step_size, sigma_xy, *,
     relaxation, cross_entropy, neighborhood, num_steps, optimizer, record,
-    kernel,
+    kernel, scale_factor, lattice_capacity,
 ):
-  """The loop. Plain descent runs on ``y`` directly (see :func:`solve`)."""
+  """The loop. Plain descent runs on ``y`` directly (see :func:`solve`).
+
+  Returns ``(y, energies or None, lattice points per image or None)``.
+  """
   prob = _build_problem(logits, image, labels, neighborhood, sigma_rgb, eta,
                         lam)
+  if neighborhood == "dense":
+    graph = bilateral.prepare(
+        image, labels, sigma_xy=sigma_xy, sigma_rgb=sigma_rgb,
+        scale_factor=scale_factor, capacity=lattice_capacity)
+    y, energies = _solve_dense(
+        logits, prob, graph, lam, step_size, relaxation=relaxation,
+        cross_entropy=cross_entropy, num_steps=num_steps,
+        optimizer=optimizer, record=record)
+    return y, energies, graph.lattice.num_points
   logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
   step_terms = functools.partial(
       _logit_step, prob=prob, relaxation=relaxation,
@@ -342,21 +411,27 @@ def _solve(
   y = _reset(to_y(carry), prob)
   if record:
     energies = jnp.concatenate([energies, energy_fn(y)[None]], axis=0)
-  return jax.lax.stop_gradient(y), energies
+  return jax.lax.stop_gradient(y), energies, None
 
 
 def _run(logits, image, labels, *, relaxation, cross_entropy, neighborhood,
          eta, lam, sigma_rgb, num_steps, step_size, optimizer, record,
-         kernel="auto"):
+         kernel="auto", sigma_xy=100.0, scale_factor=1.0,
+         lattice_capacity=None):
   _check_options(relaxation, cross_entropy, neighborhood, num_steps, kernel)
   validate_inputs(logits, image, labels)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
-  return _solve(
+  y, energies, points = _solve(
       logits, image, labels, f32(eta), f32(lam), f32(sigma_rgb), f32(step_size),
-      relaxation=relaxation, cross_entropy=cross_entropy,
+      f32(sigma_xy), relaxation=relaxation, cross_entropy=cross_entropy,
       neighborhood=neighborhood, num_steps=int(num_steps), optimizer=optimizer,
-      record=record, kernel=kernel,
+      record=record, kernel=kernel, scale_factor=float(scale_factor),
+      lattice_capacity=lattice_capacity,
   )
+  if points is not None and lattice_capacity is not None:
+    bilateral.check_num_points(points, lattice_capacity,
+                               np.prod(np.shape(labels)[1:]))
+  return y, energies
 
 
 def solve(
@@ -374,6 +449,9 @@ def solve(
     step_size: float = 0.075,
     optimizer: optax.GradientTransformation | None = None,
     kernel: str = "auto",
+    sigma_xy: float = 100.0,
+    scale_factor: float = 1.0,
+    lattice_capacity: int | None = None,
 ) -> Array:
   """Soft pseudo-labels for one batch (paper Appendix B).
 
@@ -387,7 +465,7 @@ def solve(
     labels: ``[B, H, W]`` int: class, 255 unlabeled, 254 padding.
     relaxation: Potts relaxation, see :func:`potts_jax.potts.relaxation`.
     cross_entropy: H, see :func:`potts_jax.losses.cross_entropy`.
-    neighborhood: ``nn4`` or ``nn8`` (``dense`` raises NotImplementedError).
+    neighborhood: ``nn4``, ``nn8`` or ``dense`` (relaxations ``bl``, ``q``).
     eta: weight of the cross-entropy term.
     lam: weight of the Potts term.
     sigma_rgb: colour bandwidth of the affinities.
@@ -400,6 +478,12 @@ def solve(
       (:mod:`potts_jax.cpu_solver`, same iterates up to float32 rounding)
       when it could be built, and the XLA loop elsewhere; ``xla`` always
       runs the XLA loop.
+    sigma_xy: spatial bandwidth of ``dense`` in pixels (100 on VOC).
+    scale_factor: static; ``dense`` filters at this fraction of the size
+      (:func:`potts_jax.bilateral.prepare`).
+    lattice_capacity: static lattice slots per image for ``dense``; None is
+      the bound 6HW that never overflows. An overflow raises ValueError
+      outside ``jit`` (inside, the extra lattice points are dropped).
 
   Returns:
     ``[B, H, W, K]`` float32 pseudo-labels on the simplex, scribbled pixels
@@ -409,7 +493,8 @@ def solve(
       logits, image, labels, relaxation=relaxation, cross_entropy=cross_entropy,
       neighborhood=neighborhood, eta=eta, lam=lam, sigma_rgb=sigma_rgb,
       num_steps=num_steps, step_size=step_size, optimizer=optimizer,
-      record=False, kernel=kernel,
+      record=False, kernel=kernel, sigma_xy=sigma_xy,
+      scale_factor=scale_factor, lattice_capacity=lattice_capacity,
   )
   return y
 
@@ -423,7 +508,8 @@ def solve_with_energies(logits: Array, image: Array, labels: Array, **options):
   """
   full = dict(relaxation="cd", cross_entropy="cce", neighborhood="nn4",
               eta=0.3, lam=6.0, sigma_rgb=9.0, num_steps=200, step_size=0.075,
-              optimizer=None, kernel="auto")
+              optimizer=None, kernel="auto", sigma_xy=100.0, scale_factor=1.0,
+              lattice_capacity=None)
   unknown = set(options) - set(full)
   if unknown:
     raise TypeError(f"unknown solver option(s) {sorted(unknown)}")
@@ -443,6 +529,9 @@ def energy(
     eta: float = 0.3,
     lam: float = 6.0,
     sigma_rgb: float = 9.0,
+    sigma_xy: float = 100.0,
+    scale_factor: float = 1.0,
+    lattice_capacity: int | None = None,
     **unused: Any,
 ) -> Array:
   """E(y) per image, the objective :func:`solve` minimises.
@@ -451,7 +540,8 @@ def energy(
   ``σ = softmax(logits)``. ``y`` is taken as given (no scribble reset).
   Solver-only options (``num_steps``, ``step_size``, ``optimizer``,
   ``kernel``) are accepted and ignored so that one options dict serves both
-  functions.
+  functions. ``sigma_xy``, ``scale_factor`` and ``lattice_capacity`` are
+  those of ``neighborhood="dense"`` (see :func:`solve`).
 
   Returns:
     ``[B]`` float32.
@@ -461,7 +551,9 @@ def energy(
     raise TypeError(f"unknown energy option(s) {sorted(extra)}")
   potts.check_name(relaxation)
   losses.check_name(cross_entropy)
-  neighborhoods.check_name(neighborhood)
+  neighborhoods.check_neighborhood(neighborhood)
+  if neighborhood == "dense":
+    bilateral.check_relaxation(relaxation)
   validate_inputs(logits, image, labels)
   if np.shape(y) != np.shape(logits):
     raise ValueError(
@@ -469,6 +561,13 @@ def energy(
     )
   prob = _build_problem(jnp.asarray(logits), image, labels, neighborhood,
                         sigma_rgb, eta, lam)
+  if neighborhood == "dense":
+    graph = bilateral.prepare(image, labels, sigma_xy=sigma_xy,
+                              sigma_rgb=sigma_rgb, scale_factor=scale_factor,
+                              capacity=lattice_capacity)
+    return _dense_energy_value(jnp.asarray(y, jnp.float32), prob, graph,
+                               jnp.asarray(lam, jnp.float32), relaxation,
+                               cross_entropy)
   return _energy_value(
       jnp.asarray(y, jnp.float32), prob, relaxation, cross_entropy
   )

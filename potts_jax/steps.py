@@ -58,10 +58,15 @@ def normalize(image: jax.Array) -> jax.Array:
 
 def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The keyword options of :func:`potts_jax.solver.solve` in ``config``."""
-  return dict(relaxation=config.relaxation, cross_entropy=config.cross_entropy,
-              neighborhood=config.neighborhood, eta=config.eta, lam=config.lam,
-              sigma_rgb=config.sigma_rgb, num_steps=config.solver_steps,
-              step_size=config.solver_step_size)
+  options = dict(relaxation=config.relaxation,
+                 cross_entropy=config.cross_entropy,
+                 neighborhood=config.neighborhood, eta=config.eta,
+                 lam=config.lam, sigma_rgb=config.sigma_rgb,
+                 num_steps=config.solver_steps,
+                 step_size=config.solver_step_size)
+  if config.neighborhood == "dense":
+    options["sigma_xy"] = config.get("sigma_xy", 100.0)
+  return options
 
 
 class ModelDef(NamedTuple):
@@ -142,7 +147,8 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
       return losses.gradient_descent_loss(
           logits, image, labels, relaxation=config.relaxation,
           neighborhood=config.neighborhood, eta=config.eta, lam=config.lam,
-          sigma_rgb=config.sigma_rgb, axis_name=AXIS)
+          sigma_rgb=config.sigma_rgb, axis_name=AXIS,
+          sigma_xy=config.get("sigma_xy", 100.0))
   else:
     def loss_fn(logits):
       return losses.partial_cross_entropy(logits, labels, axis_name=AXIS)
