@@ -23,7 +23,8 @@ Run (both stages, in ``DIR/stage1`` and ``DIR/stage2``)::
 
 Variants (``--config=configs/voc.py:VARIANT,...``):
 
-* ``method=pce|gd|soft_sl|hard_sl``: the stage-2 method (paper Table 4);
+* ``method=pce|gd|soft_sl|hard_sl|hard_sl_gc``: the stage-2 method (paper
+  Table 4; ``hard_sl_gc`` labels by graph cut on the host, nn4/nn8 only);
 * ``relaxation=bl|q|nq|cce|cd|lq``, ``cross_entropy=ce|rce|cce|q``,
   ``neighborhood=nn4|nn8|dense``: the loss (Tables 3, 4, Figure 4);
 * ``length=1.0|0.8|0.5|0.3|0``: the scribble length ratio (Table 3's columns;
@@ -61,7 +62,7 @@ LENGTHS = (0.0, 0.3, 0.5, 0.8, 1.0)  # Table 3's scribble length ratios.
 # The names the steps, losses and solver accept (potts_jax.steps.METHODS,
 # potts.NAMES, losses.NAMES, neighbourhoods), checked here so that a typo in a
 # variant fails when the config loads rather than after the data is opened.
-METHODS = ("pce", "gd", "soft_sl", "hard_sl")
+METHODS = ("pce", "gd", "soft_sl", "hard_sl", "hard_sl_gc")
 RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
 CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
 NEIGHBORHOODS = ("nn4", "nn8", "dense")
@@ -87,6 +88,9 @@ def set_loss(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
   check_choice("relaxation", arg.relaxation, RELAXATIONS)
   check_choice("cross_entropy", arg.cross_entropy, CROSS_ENTROPIES)
   check_choice("neighborhood", arg.neighborhood, NEIGHBORHOODS)
+  if arg.method == "hard_sl_gc" and arg.neighborhood == "dense":
+    raise ValueError("method=hard_sl_gc cuts a grid graph: use "
+                     "neighborhood=nn4 or nn8, not dense")
   c.method = arg.method
   c.relaxation = arg.relaxation
   c.cross_entropy = arg.cross_entropy

@@ -19,7 +19,12 @@ Methods (paper Table 4), ``config.method``:
 * ``soft_sl``: the pseudo-labels ``y`` solved on this batch by
   :func:`potts_jax.solver.solve` from the (stop-gradient) network logits, then
   the self-labeling loss :func:`potts_jax.losses.self_labeling_loss`;
-* ``hard_sl``: the same with ``y = onehot(argmax y)``.
+* ``hard_sl``: the same with ``y = onehot(argmax y)``;
+* ``hard_sl_gc``: the same with ``y`` the one-hot of the graph-cut labelling
+  (:func:`potts_jax.graphcut.hard_labels_graphcut`: alpha-expansion of
+  ``η H_CE + λ P_BL`` on ``config.neighborhood``, ``nn4`` or ``nn8``). The
+  cuts run **on the host CPU** through ``jax.pure_callback``, each device's
+  images one after another, outside XLA: the step waits for them.
 
 The network runs once per step: ``jax.vjp`` of the forward pass gives the
 logits, the solver runs on them outside differentiation, and the loss's
@@ -39,13 +44,14 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from potts_jax import graphcut
 from potts_jax import losses
 from potts_jax import metrics
 from potts_jax import pretrained
 from potts_jax import solver
 from potts_jax.parallel import AXIS
 
-METHODS = ("pce", "gd", "soft_sl", "hard_sl")
+METHODS = ("pce", "gd", "soft_sl", "hard_sl", "hard_sl_gc")
 
 _MEAN = pretrained.IMAGENET_MEAN * 255.0
 _STD = pretrained.IMAGENET_STD * 255.0
@@ -87,7 +93,12 @@ class ModelDef(NamedTuple):
 
 def pseudo_labels(logits: jax.Array, image: jax.Array, labels: jax.Array,
                   config: ml_collections.ConfigDict) -> jax.Array:
-  """``y`` of ``soft_sl`` / ``hard_sl`` for this device's batch, no gradient."""
+  """``y`` of ``soft_sl`` / ``hard_sl`` / ``hard_sl_gc`` for this device's
+  batch, no gradient (``hard_sl_gc``: graph cut on the host)."""
+  if config.method == "hard_sl_gc":
+    return graphcut.hard_labels_graphcut(
+        logits, image, labels, eta=config.eta, lam=config.lam,
+        sigma_rgb=config.sigma_rgb, neighborhood=config.neighborhood)
   y = solver.solve(jax.lax.stop_gradient(logits), image, labels,
                    **solver_options(config))
   return solver.hard_labels(y) if config.method == "hard_sl" else y
@@ -131,7 +142,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
   logits, pull_back, batch_stats = jax.vjp(forward, state["params"],
                                            has_aux=True)
   metrics = {}
-  if config.method in ("soft_sl", "hard_sl"):
+  if config.method in ("soft_sl", "hard_sl", "hard_sl_gc"):
     y = pseudo_labels(logits, image, labels, config)
     energy = solver.energy(y, jax.lax.stop_gradient(logits), image, labels,
                            **{k: v for k, v in solver_options(config).items()
