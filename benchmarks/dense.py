@@ -133,15 +133,14 @@ def main():
   parser.add_argument("--capacity-factor", type=float, default=0.0)
   parser.add_argument("--no-reference", action="store_true")
   args = parser.parse_args()
-  try:
-    import pydensecrf.densecrf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    have_densecrf = True
-  except ImportError:
-    have_densecrf = False
-  if args.no_reference:
-    have_densecrf = False
-    print("note: pydensecrf2 is not installed; skipping the CPU reference "
-          "column (pip install pydensecrf2)", file=sys.stderr)
+  have_densecrf = not args.no_reference
+  if have_densecrf:
+    try:
+      import pydensecrf.densecrf  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      have_densecrf = False
+      print("note: pydensecrf2 is not installed; skipping the CPU reference "
+            "column (pip install pydensecrf2)", file=sys.stderr)
   backend = jax.default_backend()
   for size in args.sizes:
     image, y = make_inputs(size)
