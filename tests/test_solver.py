@@ -260,8 +260,8 @@ def test_bad_options_name_the_problem():
     solver.solve(logits, image, labels, cross_entropy="kl")
   with pytest.raises(ValueError, match="'nn6'"):
     solver.solve(logits, image, labels, neighborhood="nn6")
-  with pytest.raises(NotImplementedError, match="bilateral"):
-    solver.solve(logits, image, labels, neighborhood="dense")
+  with pytest.raises(ValueError, match="'cd'.*dense neighbourhood supports"):
+    solver.solve(logits, image, labels, neighborhood="dense")  # relaxation cd
   with pytest.raises(ValueError, match="num_steps"):
     solver.solve(logits, image, labels, num_steps=-1)
   with pytest.raises(ValueError, match="'cuda'.*auto"):

@@ -59,8 +59,11 @@ def test_soft_sl_step_on_four_devices_equals_one_device():
   np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
   np.testing.assert_allclose(float(m4["energy"]), float(m1["energy"]),
                              rtol=1e-5)
-  assert _max_diff(four["params"], one["params"]) <= 1e-5
-  assert _max_diff(four["batch_stats"], one["batch_stats"]) <= 1e-5
+  # float32 rounding of the synchronised BatchNorm moments and of the
+  # gradient sums in another order: measured 4.8e-6 / 8.3e-6 (params / stats)
+  # on jax 0.10.2 and 1.2e-5 on params with jax 0.12, on values of size ~1.
+  assert _max_diff(four["params"], one["params"]) <= 2e-5
+  assert _max_diff(four["batch_stats"], one["batch_stats"]) <= 2e-5
   assert int(four["step"]) == 1
 
 
