@@ -35,6 +35,10 @@ How it is computed (same iterates as the textbook autodiff loop, measured in
   formulas, one sweep over the rows of each image per step, images spread
   over threads (1.5-2.3x the XLA:CPU loop, benchmarks/RESULTS.md). Other backends, the optax path,
   :func:`solve_with_energies` and ``kernel="xla"`` use the XLA loop.
+* ``method=`` selects the update (:mod:`potts_jax.updates`): ``"gd"`` (the
+  above), ``"optax"`` (``optimizer`` on the logits), ``"mirror"`` and
+  ``"mirror_momentum"`` (exponentiated gradient on ``y``, plain or with
+  heavy-ball momentum; XLA loop, grid neighbourhoods).
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from potts_jax import labels as label_codes
 from potts_jax import losses
 from potts_jax import neighborhoods
 from potts_jax import potts
+from potts_jax import updates
 
 Array = jnp.ndarray
 
@@ -327,12 +332,14 @@ def _solve_dense(logits, prob, graph, lam, step_size, *, relaxation,
     static_argnames=(
         "relaxation", "cross_entropy", "neighborhood", "num_steps",
         "optimizer", "record", "kernel", "scale_factor", "lattice_capacity",
+        "method",
     ),
 )
 def _solve(
-    logits, image, labels, eta, lam, sigma_rgb, step_size, sigma_xy, *,
-    relaxation, cross_entropy, neighborhood, num_steps, optimizer, record,
-    kernel, scale_factor, lattice_capacity,
+    logits, image, labels, eta, lam, sigma_rgb, step_size, sigma_xy,
+    mirror_step_size, momentum, *, relaxation, cross_entropy, neighborhood,
+    num_steps, optimizer, record, kernel, scale_factor, lattice_capacity,
+    method,
 ):
   """The loop. Plain descent runs on ``y`` directly (see :func:`solve`).
 
@@ -355,7 +362,13 @@ def _solve(
       cross_entropy=cross_entropy,
   )
 
-  if optimizer is None:
+  if method in updates.MIRROR_METHODS:
+    direction = functools.partial(
+        updates.mirror_direction, prob=prob, relaxation=relaxation,
+        cross_entropy=cross_entropy)
+    carry0, step, to_y = updates.mirror_loop(
+        method, prob, direction, mirror_step_size, momentum)
+  elif method == "gd":
     # l ← l - t ∂E/∂l  ⇔  y ← y ⊙ exp(-t ∂E/∂l) / Σ_k(...), exactly, since
     # softmax(l + δ) ∝ softmax(l) ⊙ exp(δ). The carry is the unnormalised
     # v = y ⊙ exp(δ); the next step's single reduction pass gets Σv with the
@@ -395,7 +408,7 @@ def _solve(
     def xla_loop(carry):
       return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
 
-    if (optimizer is None and kernel == "auto"
+    if (method == "gd" and kernel == "auto"
         and cpu_solver.applies(logits.shape[-1])):
       def native_loop(v):
         return cpu_solver.descend(
@@ -417,16 +430,21 @@ def _solve(
 def _run(logits, image, labels, *, relaxation, cross_entropy, neighborhood,
          eta, lam, sigma_rgb, num_steps, step_size, optimizer, record,
          kernel="auto", sigma_xy=100.0, scale_factor=1.0,
-         lattice_capacity=None):
+         lattice_capacity=None, method="gd",
+         mirror_step_size=updates.MIRROR_STEP_SIZE,
+         momentum=updates.MOMENTUM):
   _check_options(relaxation, cross_entropy, neighborhood, num_steps, kernel)
+  method = updates.check_method(method, cross_entropy, neighborhood,
+                                optimizer)
   validate_inputs(logits, image, labels)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   y, energies, points = _solve(
       logits, image, labels, f32(eta), f32(lam), f32(sigma_rgb), f32(step_size),
-      f32(sigma_xy), relaxation=relaxation, cross_entropy=cross_entropy,
+      f32(sigma_xy), f32(mirror_step_size), f32(momentum),
+      relaxation=relaxation, cross_entropy=cross_entropy,
       neighborhood=neighborhood, num_steps=int(num_steps), optimizer=optimizer,
       record=record, kernel=kernel, scale_factor=float(scale_factor),
-      lattice_capacity=lattice_capacity,
+      lattice_capacity=lattice_capacity, method=method,
   )
   if points is not None and lattice_capacity is not None:
     bilateral.check_num_points(points, lattice_capacity,
@@ -452,11 +470,15 @@ def solve(
     sigma_xy: float = 100.0,
     scale_factor: float = 1.0,
     lattice_capacity: int | None = None,
+    method: str = "gd",
+    mirror_step_size: float = updates.MIRROR_STEP_SIZE,
+    momentum: float = updates.MOMENTUM,
 ) -> Array:
   """Soft pseudo-labels for one batch (paper Appendix B).
 
-  Jitted; changing ``eta``, ``lam``, ``sigma_rgb`` or ``step_size`` does not
-  retrace, changing a name, ``num_steps`` or the optimizer object does. Usable
+  Jitted; changing ``eta``, ``lam``, ``sigma_rgb``, ``step_size``,
+  ``mirror_step_size`` or ``momentum`` does not retrace, changing a name,
+  ``num_steps``, ``method`` or the optimizer object does. Usable
   inside ``jit``, ``vmap`` and ``shard_map`` (it never communicates).
 
   Args:
@@ -484,6 +506,16 @@ def solve(
     lattice_capacity: static lattice slots per image for ``dense``; None is
       the bound 6HW that never overflows. An overflow raises ValueError
       outside ``jit`` (inside, the extra lattice points are dropped).
+    method: the update (:mod:`potts_jax.updates`): ``"gd"`` plain descent
+      on the logits with ``step_size``; ``"optax"`` ``optimizer`` on the
+      logits (also selected by passing ``optimizer`` alone);
+      ``"mirror"`` exponentiated gradient on ``y`` with
+      ``mirror_step_size``; ``"mirror_momentum"`` the same with heavy-ball
+      momentum ``momentum`` (the fastest, benchmarks/RESULTS.md). The mirror
+      methods take ``cross_entropy`` ``cce``, ``ce`` or ``q`` and ``nn4`` or
+      ``nn8``, and always run the XLA loop.
+    mirror_step_size: step ``t`` of the mirror methods.
+    momentum: heavy-ball ``β`` of ``"mirror_momentum"``.
 
   Returns:
     ``[B, H, W, K]`` float32 pseudo-labels on the simplex, scribbled pixels
@@ -495,6 +527,7 @@ def solve(
       num_steps=num_steps, step_size=step_size, optimizer=optimizer,
       record=False, kernel=kernel, sigma_xy=sigma_xy,
       scale_factor=scale_factor, lattice_capacity=lattice_capacity,
+      method=method, mirror_step_size=mirror_step_size, momentum=momentum,
   )
   return y
 
@@ -509,7 +542,9 @@ def solve_with_energies(logits: Array, image: Array, labels: Array, **options):
   full = dict(relaxation="cd", cross_entropy="cce", neighborhood="nn4",
               eta=0.3, lam=6.0, sigma_rgb=9.0, num_steps=200, step_size=0.075,
               optimizer=None, kernel="auto", sigma_xy=100.0, scale_factor=1.0,
-              lattice_capacity=None)
+              lattice_capacity=None, method="gd",
+              mirror_step_size=updates.MIRROR_STEP_SIZE,
+              momentum=updates.MOMENTUM)
   unknown = set(options) - set(full)
   if unknown:
     raise TypeError(f"unknown solver option(s) {sorted(unknown)}")
@@ -539,14 +574,15 @@ def energy(
   ``η Σ_{i valid, unlabeled} H(σ_i, y_i) + λ Σ_{(i,j)} w_ij P(y_i, y_j)`` with
   ``σ = softmax(logits)``. ``y`` is taken as given (no scribble reset).
   Solver-only options (``num_steps``, ``step_size``, ``optimizer``,
-  ``kernel``) are accepted and ignored so that one options dict serves both
+  ``kernel``, ``method``, ``mirror_step_size``, ``momentum``) are accepted and ignored so that one options dict serves both
   functions. ``sigma_xy``, ``scale_factor`` and ``lattice_capacity`` are
   those of ``neighborhood="dense"`` (see :func:`solve`).
 
   Returns:
     ``[B]`` float32.
   """
-  extra = set(unused) - {"num_steps", "step_size", "optimizer", "kernel"}
+  extra = set(unused) - {"num_steps", "step_size", "optimizer", "kernel",
+                         "method", "mirror_step_size", "momentum"}
   if extra:
     raise TypeError(f"unknown energy option(s) {sorted(extra)}")
   potts.check_name(relaxation)

@@ -1,0 +1,199 @@
+"""Update rules of the pseudo-label solver beside plain descent (issue 8).
+
+:func:`potts_jax.solver.solve` selects one with ``method=``:
+
+* ``"gd"`` (default, the paper's): plain gradient descent on the logits,
+  ``l ← l - t ∂E/∂l`` with ``t = step_size`` (0.075).
+* ``"optax"``: any optax transformation ``optimizer`` on the logits (SGD with
+  momentum or Nesterov, Adam, ...), fed ``∂E/∂l``; ``step_size`` unused.
+* ``"mirror"``: mirror descent (exponentiated gradient) on ``y`` with the
+  entropy mirror map, ``y ← y ⊙ exp(-t g) / Σ_k(...)`` with ``g = ∂E/∂y`` and
+  ``t = mirror_step_size``. In logits this is ``l ← l - t (g - yᵀg)``: the
+  plain step ``∂E/∂l = y ⊙ (g - yᵀg)`` preconditioned by ``diag(1/y)``, so
+  confident pixels (``y`` near a vertex, where the softmax Jacobian vanishes)
+  move as fast as uncertain ones.
+* ``"mirror_momentum"``: the same step with heavy-ball momentum in the dual
+  (logit) space, ``m ← β m + (g - yᵀg)``, ``y ← y ⊙ exp(-t m) / Σ_k(...)``,
+  ``β = momentum``. Why it should work: on a grid the Potts term makes E
+  stiff (the curvature of ``λ Σ w_ij P`` is ~8λ against η for the unary term,
+  ratio κ ≈ 160 at the paper's η 0.3, λ 6), so any first-order step needs
+  ~κ steps per e-fold on the smooth (slow) modes; heavy ball needs ~√κ.
+
+Both mirror rules carry the unnormalised ``v = y ⊙ exp(-t m)`` like plain
+descent (the next step's single reduction pass normalises it), keep scribbled
+pixels one-hot (their direction is 0) and clip the exponent to
+``±MAX_EXPONENT`` (a trust region): the guarded relaxations have gradients up
+to ``1/EPS`` at orthogonal one-hots, and the clip keeps ``v`` finite and
+``Σ_k v > 0`` there (at the default step it binds only where ``|g| > 160``).
+The mirror steps are stable only for small ``t`` on ``cd``/``cce``, whose
+curvature grows like ``1/(y_iᵀy_j)²`` near orthogonal neighbours; Adam on the
+logits (``"optax"``) has no such limit, see benchmarks/RESULTS.md. A class whose ``y`` is exactly 0 stays
+0 (as in plain descent on ``y``). The rules support the cross-entropies
+``cce``, ``ce`` and ``q`` (``rce`` has the unbounded ``∂H/∂y = -σ/y``) and the
+grid neighbourhoods ``nn4``/``nn8``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from potts_jax import neighborhoods
+from potts_jax import potts
+
+Array = jnp.ndarray
+
+#: Every ``method`` :func:`potts_jax.solver.solve` accepts.
+METHODS = ("gd", "optax", "mirror", "mirror_momentum")
+#: Methods that run on ``y`` through :func:`mirror_direction`.
+MIRROR_METHODS = ("mirror", "mirror_momentum")
+#: Cross-entropies the mirror methods support.
+MIRROR_CROSS_ENTROPIES = ("cce", "ce", "q")
+#: Largest ``|t m|`` in the exponent of one mirror step.
+MAX_EXPONENT = 5.0
+#: Default ``mirror_step_size`` (tuned in benchmarks/solver_options.py).
+MIRROR_STEP_SIZE = 0.03
+#: Default heavy-ball ``momentum`` of ``"mirror_momentum"``.
+MOMENTUM = 0.8
+
+
+def check_method(method: str, cross_entropy: str, neighborhood: str,
+                 optimizer: Any) -> str:
+  """Returns the method to run, or raises ``ValueError`` naming the problem.
+
+  ``optimizer`` given with the default ``method="gd"`` selects ``"optax"``
+  (the solver's behaviour before ``method`` existed).
+  """
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+  if method == "gd" and optimizer is not None:
+    method = "optax"
+  if method == "optax" and optimizer is None:
+    raise ValueError("method='optax' needs an optax optimizer=")
+  if method in MIRROR_METHODS:
+    if optimizer is not None:
+      raise ValueError(f"method={method!r} takes no optimizer (it is for "
+                       "method='optax')")
+    if cross_entropy not in MIRROR_CROSS_ENTROPIES:
+      raise ValueError(
+          f"method={method!r} supports cross_entropy in "
+          f"{MIRROR_CROSS_ENTROPIES}; got {cross_entropy!r} (its ∂H/∂y is "
+          "unbounded)")
+    if neighborhood == "dense":
+      raise ValueError(f"method={method!r} supports the grid neighbourhoods "
+                       "nn4 and nn8; got 'dense'")
+  return method
+
+
+def _unary_sum(cross_entropy: str, v: Array, prob) -> Array:
+  """The ``K``-sized term whose channel sum the unary gradient needs."""
+  if cross_entropy == "ce":
+    return v * prob.log_sigma
+  return prob.sigma * v  # cce, q: σᵀv
+
+
+def _unary_gradient(cross_entropy, v, r, a, dot, prob):
+  """``∂(mH)/∂y`` ``[B, H, W, K]`` and ``yᵀ∂(mH)/∂y`` ``[B, H, W]``.
+
+  ``y = r v``, ``a = ‖y‖²``, ``dot`` the channel sum of :func:`_unary_sum`;
+  ``m`` = η on valid unlabeled pixels, else 0.
+  """
+  m = prob.unary_weight[..., None]
+  if cross_entropy == "cce":  # H = -ln σᵀy: ∂H/∂y = -σ/σᵀy (guarded).
+    u = r * dot
+    _, vjp = jax.vjp(lambda x: -potts.safe_log(x), u)
+    c = vjp(prob.unary_weight)[0]
+    return c[..., None] * prob.sigma, c * u
+  if cross_entropy == "ce":  # H = -Σ y ln σ.
+    return -m * prob.log_sigma, -prob.unary_weight * r * dot
+  # q: H = ½‖σ - y‖², ∂H/∂y = y - σ.
+  return m * (r[..., None] * v - prob.sigma), prob.unary_weight * (
+      a - r * dot)
+
+
+def mirror_direction(v: Array, prob, relaxation: str,
+                     cross_entropy: str) -> tuple[Array, Array]:
+  """The mirror-descent direction ``g - yᵀg`` at ``y = r v``, 0 where reset.
+
+  ``g = ∂E/∂y`` (E of :func:`potts_jax.solver.energy`). One reduction pass
+  over ``K`` (:func:`neighborhoods.channel_sums`) as in the plain step.
+
+  Args:
+    v: ``[B, H, W, K]`` nonnegative, unnormalised iterate (``Σ_k v > 0``).
+    prob: the solver's problem (``solver._Problem``).
+    relaxation, cross_entropy: names.
+
+  Returns:
+    ``(d [B, H, W, K], r [B, H, W])``, ``r = 1/Σ_k v``.
+  """
+  offsets = neighborhoods.offsets_for(len(prob.weights))
+  sums = neighborhoods.channel_sums(
+      [v, v * v]
+      + [v * neighborhoods.shift(v, dy, dx) for dy, dx in offsets]
+      + [_unary_sum(cross_entropy, v, prob)]
+  )
+  r = 1.0 / sums[0]
+  stats = neighborhoods.PairStats(
+      a=sums[1] * r * r,
+      s=tuple(s * r * neighborhoods.shift(r, dy, dx)
+              for s, (dy, dx) in zip(sums[2:], offsets)),
+  )
+  coefficients, diag, ydotg = neighborhoods.potts_coefficients(
+      r, stats, prob.weights, offsets, potts.STATS[relaxation]
+  )
+  directions = [d for d, _ in coefficients]
+  fields = jax.lax.optimization_barrier((
+      v, r, diag, stats.a, sums[-1], ydotg, prob.free,
+      tuple(c for _, c in coefficients),
+  ))
+  v, r, diag, a, dot, ydotg, free, c_pairs = fields
+  g = neighborhoods.apply_coefficients(
+      v, r, tuple(zip(directions, c_pairs)), diag
+  )
+  g_unary, ydotg_unary = _unary_gradient(cross_entropy, v, r, a, dot, prob)
+  d = g + g_unary - (ydotg + ydotg_unary)[..., None]
+  return free[..., None] * d, r
+
+
+def mirror_loop(method: str, prob, direction_fn: Callable, step_size: Array,
+                momentum: Array):
+  """``(carry0, step, to_y)`` of a mirror method for the solver's loop.
+
+  Args:
+    method: ``"mirror"`` or ``"mirror_momentum"``.
+    prob: the problem; ``carry0`` starts from ``σ`` with the scribble reset.
+    direction_fn: ``v -> (d, r)``, :func:`mirror_direction` bound to ``prob``.
+    step_size: scalar ``t``.
+    momentum: scalar ``β`` (``"mirror_momentum"`` only).
+
+  Returns:
+    ``carry0``, ``step: carry -> carry`` and ``to_y: carry -> [B, H, W, K]``.
+  """
+  v0 = jnp.where(prob.labeled, prob.onehot, prob.sigma)
+
+  def advance(v, r, m):
+    exponent = jnp.clip(-step_size * m, -MAX_EXPONENT, MAX_EXPONENT)
+    return r[..., None] * v * jnp.exp(exponent)
+
+  if method == "mirror":
+    def step(v):
+      d, r = direction_fn(v)
+      return advance(v, r, d)
+
+    def to_y(v):
+      return v / jnp.sum(v, axis=-1, keepdims=True)
+
+    return v0, step, to_y
+
+  def step_momentum(carry):
+    v, m = carry
+    d, r = direction_fn(v)
+    m = momentum * m + d
+    return advance(v, r, m), m
+
+  def to_y_momentum(carry):
+    return carry[0] / jnp.sum(carry[0], axis=-1, keepdims=True)
+
+  return (v0, jnp.zeros_like(v0)), step_momentum, to_y_momentum

@@ -1,0 +1,246 @@
+"""Solver update options (``method=``, :mod:`potts_jax.updates`), issue 8."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from potts_jax import quadratic
+from potts_jax import solver
+from potts_jax import updates
+from potts_jax.data import folder
+from potts_jax.data import synthetic
+
+# Optimizer objects built once: a new object retraces.
+ADAM = optax.adam(0.1)
+NESTEROV = optax.sgd(0.075, momentum=0.9, nesterov=True)
+
+# name -> solver keyword options of that update.
+OPTIONS = {
+    "gd": dict(method="gd"),
+    "gd_xla": dict(method="gd", kernel="xla"),
+    "optax_adam": dict(method="optax", optimizer=ADAM),
+    "optax_nesterov": dict(method="optax", optimizer=NESTEROV),
+    "mirror": dict(method="mirror"),
+    "mirror_momentum": dict(method="mirror_momentum"),
+}
+CASES = {"cce_cd": dict(cross_entropy="cce", relaxation="cd"),
+         "q_q": dict(cross_entropy="q", relaxation="q")}
+
+
+@functools.lru_cache(maxsize=None)
+def _photos(root, b=2, side=48, std=2.0):
+  """``b`` GrabCut photos at ``side`` px with their real set1 scribbles."""
+  examples = [folder.load_example(root, name, long_side=side)
+              for name in folder.names(root)[:b]]
+  image, labels, _ = folder.pad_batch(examples, (side, side))
+  logits = np.zeros((b, side, side, 2), np.float32)
+  for i, e in enumerate(examples):
+    h, w = e.scribbles.shape
+    logits[i, :h, :w] = synthetic.smooth_logits(h, w, 2, seed=i, std=std)
+  return logits, image, labels
+
+
+def _random_problem(b=2, h=9, w=11, k=3, seed=0):
+  rng = np.random.default_rng(seed)
+  logits = rng.normal(size=(b, h, w, k)).astype(np.float32) * 2
+  image = rng.uniform(0, 255, size=(b, h, w, 3)).astype(np.float32)
+  labels = np.full((b, h, w), 255, np.int32)
+  labels[:, 2, 1:4] = 0
+  labels[:, 6, 5:9] = 1
+  labels[0, 0, 0] = 2
+  labels[:, :, -1] = 254
+  return logits, image, labels
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_real_photos_scribbles_kept_simplex_energy_down(shared_data, option,
+                                                         case):
+  logits, image, labels = _photos(shared_data / "grabcut")
+  opts = dict(**OPTIONS[option], **CASES[case])
+  if opts.get("kernel") != "xla":  # solve_with_energies always runs XLA.
+    opts.pop("kernel", None)
+  y, energies = solver.solve_with_energies(logits, image, labels,
+                                           num_steps=40, **opts)
+  y, energies = np.asarray(y), np.asarray(energies)
+  assert np.all(energies[-1] < 0.9 * energies[0]), energies[[0, -1]]
+  assert np.all(y >= 0)
+  np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
+  scribbled = labels < 254
+  np.testing.assert_array_equal(y[scribbled], np.eye(2)[labels[scribbled]])
+  # solve() gives the recorded iterate (the native loop up to rounding).
+  # Adam divides by the gradient's RMS, which amplifies rounding differences
+  # where the gradient is ~0 (scan vs fori_loop fusion): compare energies.
+  y_solve = solver.solve(logits, image, labels, num_steps=40,
+                         **dict(OPTIONS[option], **CASES[case]))
+  if option == "optax_adam":
+    np.testing.assert_allclose(
+        solver.energy(y_solve, logits, image, labels, **CASES[case]),
+        energies[-1], rtol=2e-3)
+  else:
+    np.testing.assert_allclose(y_solve, y, atol=2e-4)
+  np.testing.assert_allclose(
+      solver.energy(y, logits, image, labels, **CASES[case]), energies[-1],
+      rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_one_hot_inputs_stay_finite(option):
+  logits, image, labels = _random_problem()
+  # ±1e4 logits: σ a vertex; half the vertices disagree with their neighbours.
+  hard = np.where(np.arange(3) == (np.indices(labels.shape).sum(0) % 3)[
+      ..., None], 1e4, -1e4).astype(np.float32)
+  for case in CASES.values():
+    y, energies = solver.solve_with_energies(
+        hard, image, labels, num_steps=15, **OPTIONS[option], **case)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(energies))
+    np.testing.assert_allclose(np.sum(y, -1), 1.0, atol=1e-5)
+  del logits
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_changing_values_does_not_retrace(option):
+  logits, image, labels = _random_problem()
+  opts = OPTIONS[option]
+  solver.solve(logits, image, labels, num_steps=3, **opts)
+  size = solver._solve._cache_size()
+  for eta, lam, t, mt, beta in ((0.1, 1.0, 0.01, 0.02, 0.5),
+                                (0.9, 3.0, 0.2, 0.07, 0.95)):
+    solver.solve(logits * 2, image + 1, labels, num_steps=3, eta=eta, lam=lam,
+                 sigma_rgb=5.0, step_size=t, mirror_step_size=mt,
+                 momentum=beta, **opts)
+  assert solver._solve._cache_size() == size
+
+
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_inside_shard_map_each_device_equals_single_device(option):
+  devices = np.array(jax.devices()[:4])
+  assert len(devices) == 4, "conftest.py sets 4 fake CPU devices"
+  mesh = jax.sharding.Mesh(devices, ("data",))
+  spec = jax.sharding.PartitionSpec("data")
+  logits, image, labels = _random_problem(b=4)
+  fn = functools.partial(solver.solve, num_steps=8, **OPTIONS[option])
+  shard_map = getattr(jax, "shard_map", None)
+  if shard_map is None:  # jax < 0.7 kept it in experimental.
+    from jax.experimental.shard_map import shard_map
+  sharded = jax.jit(shard_map(fn, mesh=mesh, in_specs=(spec, spec, spec),
+                              out_specs=spec))(logits, image, labels)
+  for d in range(4):  # device d holds image d; solve it alone.
+    single = fn(logits[d:d + 1], image[d:d + 1], labels[d:d + 1])
+    chex.assert_trees_all_close(sharded[d:d + 1], single, atol=1e-6)
+
+
+def _prob(logits, image, labels, eta=0.3, lam=6.0):
+  return solver._build_problem(jnp.asarray(logits), image, labels, "nn4",
+                               9.0, eta, lam)
+
+
+@pytest.mark.parametrize("cross_entropy", updates.MIRROR_CROSS_ENTROPIES)
+@pytest.mark.parametrize("relaxation", ["cd", "q", "bl", "cce"])
+def test_mirror_direction_is_centred_autodiff_gradient(relaxation,
+                                                       cross_entropy):
+  logits, image, labels = _random_problem()
+  prob = _prob(logits, image, labels)
+  y = np.asarray(jnp.where(prob.labeled, prob.onehot, prob.sigma))
+  v = y * np.random.default_rng(1).uniform(0.5, 2.0, size=y.shape[:-1] + (1,))
+  d, r = updates.mirror_direction(jnp.asarray(v, jnp.float32), prob,
+                                  relaxation, cross_entropy)
+  g = jax.grad(lambda y: jnp.sum(solver.energy(
+      y, logits, image, labels, relaxation=relaxation,
+      cross_entropy=cross_entropy)))(jnp.asarray(y))
+  g = np.asarray(g, np.float64)
+  want = g - np.sum(y * g, -1, keepdims=True)
+  want = want * (labels == 255)[..., None]  # scribbles and padding fixed.
+  np.testing.assert_allclose(r, 1 / v.sum(-1), rtol=1e-6)
+  np.testing.assert_allclose(d, want, rtol=2e-4, atol=2e-4)
+
+
+def _energy_y(y, logits, image, labels, case):
+  return solver.energy(y, logits, image, labels, **case)
+
+
+def test_mirror_iterates_match_an_independent_recurrence():
+  logits, image, labels = _random_problem()
+  case = CASES["cce_cd"]
+  scribbled = (labels < 254)
+  onehot = np.eye(3)[np.where(scribbled, labels, 0)] * scribbled[..., None]
+  free = (labels == 255)[..., None]
+  grad = jax.grad(lambda y: jnp.sum(_energy_y(y, logits, image, labels, case)))
+  t, beta = 0.04, 0.7
+  for method in ("mirror", "mirror_momentum"):
+    y = np.where(scribbled[..., None], onehot,
+                 jax.nn.softmax(logits.astype(np.float64)))
+    m = np.zeros_like(y)
+    for _ in range(4):
+      g = np.asarray(grad(jnp.asarray(y, jnp.float32)), np.float64)
+      d = (g - np.sum(y * g, -1, keepdims=True)) * free
+      m = (beta * m if method == "mirror_momentum" else 0) + d
+      y = y * np.exp(-t * m)
+      y = y / y.sum(-1, keepdims=True)
+    got = solver.solve(logits, image, labels, num_steps=4, method=method,
+                       mirror_step_size=t, momentum=beta, **case)
+    np.testing.assert_allclose(got, y, atol=2e-5)
+
+
+def test_optax_option_matches_an_autodiff_loop():
+  # Nesterov SGD is linear in the gradients, so the match is tight (Adam's
+  # division by the RMS amplifies rounding where the gradient is ~0).
+  logits, image, labels = _random_problem()
+  case = CASES["q_q"]
+  scribbled = jnp.asarray(labels < 254)[..., None]
+  onehot = jax.nn.one_hot(jnp.where(labels < 254, labels, 0), 3)
+
+  def to_y(l):
+    return jnp.where(scribbled, onehot, jax.nn.softmax(l))
+
+  loss = lambda l: jnp.sum(_energy_y(to_y(l), logits, image, labels, case))
+  l, state = jnp.asarray(logits), NESTEROV.init(jnp.asarray(logits))
+  for _ in range(6):
+    updates_, state = NESTEROV.update(jax.grad(loss)(l), state, l)
+    l = optax.apply_updates(l, updates_)
+  got = solver.solve(logits, image, labels, num_steps=6, method="optax",
+                     optimizer=NESTEROV, **case)
+  np.testing.assert_allclose(got, to_y(l), atol=2e-5)
+
+
+def test_mirror_momentum_reaches_the_exact_quadratic_optimum(shared_data):
+  logits, image, labels = _photos(shared_data / "grabcut")
+  exact = quadratic.solve_exact(logits, image, labels, eta=0.3, lam=6.0)
+  free = labels == 255
+  gd = solver.solve(logits, image, labels, num_steps=200, **CASES["q_q"])
+  fast = solver.solve(logits, image, labels, num_steps=200,
+                      method="mirror_momentum", **CASES["q_q"])
+  jac_gd = quadratic.soft_jaccard(gd, exact, free)
+  jac_fast = quadratic.soft_jaccard(fast, exact, free)
+  # Measured: 0.989 vs 0.947 (48 px, logit std 2, default t 0.03, β 0.8).
+  assert jac_fast > 0.985 and jac_fast > jac_gd + 0.03, (jac_fast, jac_gd)
+
+
+def test_default_is_the_papers_plain_descent():
+  logits, image, labels = _random_problem()
+  plain = solver.solve(logits, image, labels, num_steps=7, kernel="xla")
+  explicit = solver.solve(logits, image, labels, num_steps=7, method="gd",
+                          step_size=0.075, kernel="xla")
+  np.testing.assert_array_equal(plain, explicit)
+  sgd = solver.solve(logits, image, labels, num_steps=7,
+                     optimizer=optax.sgd(0.075))  # optimizer alone: optax.
+  np.testing.assert_allclose(sgd, plain, atol=2e-6)
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(method="newton"), "unknown method"),
+    (dict(method="optax"), "needs an optax optimizer"),
+    (dict(method="mirror", optimizer=ADAM), "takes no optimizer"),
+    (dict(method="mirror", cross_entropy="rce"), "supports cross_entropy"),
+    (dict(method="mirror_momentum", neighborhood="dense", relaxation="bl"),
+     "grid neighbourhoods"),
+])
+def test_bad_method_options_name_the_problem(options, match):
+  logits, image, labels = _random_problem()
+  with pytest.raises(ValueError, match=match):
+    solver.solve(logits, image, labels, num_steps=2, **options)
