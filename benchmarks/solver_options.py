@@ -1,0 +1,289 @@
+"""Convergence of the solver's update options (``method=``, issue 8).
+
+For every option (plain GD as in the paper, GD in the XLA loop, Adam and
+Nesterov SGD on the logits, mirror descent and mirror descent with momentum on
+``y``) and every number of steps in ``--steps``: the relative energy gap
+``(E(y_n) - E_best) / |E_best|`` to the best energy any option reaches (the
+options ``--ref-methods`` run for ``--ref-steps`` steps, and for Q+Q also the
+exact optimum), the soft Jaccard to :func:`potts_jax.quadratic.solve_exact`
+(Q+Q only) and the wall time per step. Data: real GrabCut photos with their
+real set1 scribbles (K = 2) and CamVid val frames with synthetic skeleton
+scribbles (:func:`potts_jax.data.scribbles.skeleton_scribbles`, 3%, K = 11),
+resized to ``--long-side`` px, smooth random logits (std ``--logit-std``, no
+network), η 0.3, λ 6, σ_rgb 9, nn4, cases H_CCE + P_CD and H_Q + P_Q::
+
+  python benchmarks/solver_options.py --out benchmarks/results/solver_options.jsonl
+  python benchmarks/solver_options.py --plot benchmarks/results/solver_options.jsonl
+  python benchmarks/solver_options.py --summary benchmarks/results/solver_options.jsonl
+
+Resumable: one JSON line per (dataset, image, case) is appended to ``--out``
+and lines already there (same settings) are skipped. ``--plot`` draws
+``benchmarks/solver_options.png`` (median gap vs steps and vs seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from potts_jax import xla_flags  # noqa: E402
+
+xla_flags.prefer_threaded_cpu_loops()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from potts_jax import quadratic, solver  # noqa: E402
+from potts_jax.data import folder, scribbles, synthetic  # noqa: E402
+
+ADAM = optax.adam(0.1)
+NESTEROV = optax.sgd(0.075, momentum=0.9, nesterov=True)
+METHODS = {
+    "gd": dict(),
+    "gd_xla": dict(kernel="xla"),
+    "adam": dict(method="optax", optimizer=ADAM),
+    "nesterov": dict(method="optax", optimizer=NESTEROV),
+    "mirror": dict(method="mirror"),
+    "mirror_momentum": dict(method="mirror_momentum"),
+}
+CASES = {"cce_cd": dict(cross_entropy="cce", relaxation="cd"),
+         "q_q": dict(cross_entropy="q", relaxation="q")}
+COMMON = dict(neighborhood="nn4", eta=0.3, lam=6.0, sigma_rgb=9.0)
+
+
+def grabcut(root: Path, count: int, side: int):
+  for name in folder.names(root)[:count]:
+    e = folder.load_example(root, name, long_side=side)
+    yield name, e.image, e.scribbles, 2
+
+
+def camvid(root: Path, count: int, side: int):
+  names = (root / "val.txt").read_text().split()[:count]
+  for index, name in enumerate(names):
+    image = Image.open(root / "images" / "val" / f"{name}.jpg").convert("RGB")
+    mask = Image.open(root / "masks" / "val" / f"{name}.png")
+    scale = side / max(image.size)
+    size = (round(image.size[0] * scale), round(image.size[1] * scale))
+    image = np.asarray(image.resize(size, Image.BILINEAR), np.float32)
+    mask = np.asarray(mask.resize(size, Image.NEAREST), np.int32)
+    labels = scribbles.skeleton_scribbles(mask, seed=index).astype(np.int32)
+    yield name, image, labels, 11
+
+
+def emit(row, out):
+  line = json.dumps(row)
+  print(line, flush=True)
+  if out is not None:
+    out.write(line + "\n")
+    out.flush()
+
+
+def per_step_seconds(args3, opts, repeats=2):
+  """Median wall seconds per step of 200 steps (compile excluded)."""
+  run = lambda n: jax.block_until_ready(solver.solve(*args3, num_steps=n,
+                                                     **opts))
+  run(200)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run(200)
+    times.append(time.perf_counter() - start)
+  return statistics.median(times) / 200
+
+
+def pad(image, labels, side):
+  """Pads to ``[side, side]`` (label 254, in no term): one compiled solver."""
+  h, w = labels.shape
+  image = np.pad(image, ((0, side - h), (0, side - w), (0, 0)))
+  labels = np.pad(labels, ((0, side - h), (0, side - w)),
+                  constant_values=folder.PADDING)
+  return image, labels
+
+
+def measure(name, image, labels, k, case, index, args, steps):
+  h, w = labels.shape
+  image, labels = pad(image, labels, args.long_side)
+  logits = np.zeros((1, args.long_side, args.long_side, k), np.float32)
+  logits[0, :h, :w] = synthetic.smooth_logits(h, w, k, seed=args.seed + index,
+                                              std=args.logit_std)
+  image, labels = image[None], labels[None]
+  opts = dict(COMMON, **CASES[case])
+  energy = lambda y: float(solver.energy(y, logits, image, labels, **opts)[0])
+  candidates = {}
+  exact = None
+  if case == "q_q":
+    exact = quadratic.solve_exact(logits, image, labels, eta=0.3, lam=6.0)
+    candidates["exact"] = energy(exact)
+  for method in args.ref_methods.split(","):
+    _, e = solver.solve_with_energies(logits, image, labels,
+                                      num_steps=args.ref_steps,
+                                      **METHODS[method], **opts)
+    candidates[f"{method}@{args.ref_steps}"] = float(np.min(e))
+  curves = {}
+  free = labels == 255
+  for method, extra in METHODS.items():
+    if method == "gd_xla":  # same iterates as gd; only its time differs.
+      continue
+    _, e = solver.solve_with_energies(logits, image, labels,
+                                      num_steps=max(steps), **extra, **opts)
+    e = np.asarray(e)[:, 0]
+    candidates[f"{method}@{max(steps)}"] = float(np.min(e))
+    curves[method] = {"energy": [float(e[n]) for n in steps]}
+    if exact is not None:
+      curves[method]["jaccard"] = [
+          quadratic.soft_jaccard(solver.solve(logits, image, labels,
+                                              num_steps=n, **extra, **opts),
+                                 exact, free) for n in steps]
+  best = min(candidates.values())
+  for c in curves.values():
+    c["gap"] = [(e - best) / abs(best) for e in c["energy"]]
+  seconds = None
+  if index < args.time:
+    seconds = {m: per_step_seconds((logits, image, labels), dict(x, **opts))
+               for m, x in METHODS.items()}
+  return {"kind": "row", "image": name, "case": case, "size": [h, w],
+          "shape": list(logits.shape),
+          "steps": steps, "best": best, "candidates": candidates,
+          "curves": curves, "step_s": seconds,
+          "scribbled": int(((labels < 254)).sum()), "free": int(free.sum())}
+
+
+def plot(path: Path, out_png: Path):
+  from matplotlib.figure import Figure
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  rows = [r for r in rows if r.get("kind") == "row"]
+  fig = Figure(figsize=(11, 8), layout="constrained")
+  axes = fig.subplots(2, 2)
+  for i, case in enumerate(CASES):
+    for dataset, style in (("grabcut", "-"), ("camvid", "--")):
+      sel = [r for r in rows if r["case"] == case and r["dataset"] == dataset]
+      if not sel:
+        continue
+      steps = sel[0]["steps"]
+      for j, method in enumerate(sel[0]["curves"]):
+        gap = [statistics.median(r["curves"][method]["gap"][n] for r in sel)
+               for n in range(len(steps))]
+        gap = np.maximum(gap, 1e-6)
+        times = [r["step_s"][method] for r in sel if r.get("step_s")]
+        color = f"C{j}"
+        axes[i, 0].loglog(steps, gap, style, color=color, marker="o",
+                          label=f"{method} ({dataset})")
+        if times:
+          axes[i, 1].loglog(np.array(steps) * statistics.median(times), gap,
+                            style, color=color, marker="o")
+    for ax, xlabel in zip(axes[i], ("steps", "seconds (B=1, this CPU)")):
+      ax.set_xlabel(xlabel)
+      ax.set_ylabel("median relative energy gap")
+      ax.set_title(case.replace("_", " + ").upper())
+      ax.grid(True, which="both", alpha=0.3)
+  axes[0, 0].legend(fontsize=7)
+  fig.savefig(out_png, dpi=90)
+
+
+def summarize(path: Path):
+  """Prints one markdown row per (dataset, case, method) of ``path``."""
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  rows = [r for r in rows if r.get("kind") == "row"]
+  print("| data | case | method | images | median gap @25 / 50 / 100 / 200 / "
+        "400 | E ≤ GD@200 at 25 / 50 / 100 steps | Jaccard mean @50 / 200 / "
+        "400 | ≥ 0.99 @200 | ms/step | × GD | × GD (XLA) |")
+  print("|---|---|---|---:|---|---|---|---:|---:|---:|---:|")
+  for dataset in ("grabcut", "camvid"):
+    for case in CASES:
+      sel = [r for r in rows if r["dataset"] == dataset and r["case"] == case]
+      if not sel:
+        continue
+      steps = sel[0]["steps"]
+      timed = [r["step_s"] for r in sel if r.get("step_s")]
+      ms = {m: 1e3 * statistics.median(t[m] for t in timed)
+            for m in METHODS} if timed else {}
+      for method in sel[0]["curves"]:
+        gap = [statistics.median(r["curves"][method]["gap"][i] for r in sel)
+               for i in range(len(steps))]
+        gd200 = [r["curves"]["gd"]["energy"][steps.index(200)] for r in sel]
+        reach = [sum(r["curves"][method]["energy"][steps.index(n)] <= e * (
+            1 + 1e-6) for r, e in zip(sel, gd200)) for n in (25, 50, 100)]
+        jac = ""
+        good = ""
+        if "jaccard" in sel[0]["curves"][method]:
+          jac = " / ".join(f"{statistics.fmean(r['curves'][method]['jaccard'][steps.index(n)] for r in sel):.4f}"
+                           for n in (50, 200, 400))
+          good = f"{sum(r['curves'][method]['jaccard'][steps.index(200)] >= 0.99 for r in sel)}/{len(sel)}"
+        timing = ("", "", "")
+        if ms:
+          timing = (f"{ms[method]:.2f}", f"{ms[method] / ms['gd']:.2f}",
+                    f"{ms[method] / ms['gd_xla']:.2f}")
+        print(f"| {dataset} | {case} | {method} | {len(sel)} | "
+              + " / ".join(f"{g:.1e}" for g in gap)
+              + f" | {' / '.join(f'{x}/{len(sel)}' for x in reach)} | {jac} | "
+              f"{good} | {' | '.join(timing)} |")
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--data", type=Path,
+                      default=REPO.parent / "shared" / "data")
+  parser.add_argument("--grabcut", type=int, default=8)
+  parser.add_argument("--camvid", type=int, default=4)
+  parser.add_argument("--long-side", type=int, default=128)
+  parser.add_argument("--steps", default="25,50,100,200,400")
+  parser.add_argument("--ref-steps", type=int, default=2000)
+  parser.add_argument("--ref-methods", default="adam,mirror_momentum")
+  parser.add_argument("--logit-std", type=float, default=1.0)
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--time", type=int, default=1,
+                      help="time every option on the first TIME images of "
+                      "each dataset (per-step seconds, B=1)")
+  parser.add_argument("--out", type=Path, default=None)
+  parser.add_argument("--plot", type=Path, default=None,
+                      help="draw benchmarks/solver_options.png from this file")
+  parser.add_argument("--summary", type=Path, default=None,
+                      help="print the RESULTS.md table of this file")
+  args = parser.parse_args(argv)
+  if args.plot is not None:
+    plot(args.plot, REPO / "benchmarks" / "solver_options.png")
+    return
+  if args.summary is not None:
+    summarize(args.summary)
+    return
+  steps = [int(s) for s in args.steps.split(",")]
+  config = {k: getattr(args, k) for k in ("long_side", "steps", "ref_steps",
+                                          "ref_methods", "logit_std", "seed")}
+  done = set()
+  if args.out is not None and args.out.exists():
+    for line in args.out.read_text().splitlines():
+      row = json.loads(line)
+      if row.get("kind") == "row" and row["settings"] == config:
+        done.add((row["dataset"], row["image"], row["case"]))
+  out = open(args.out, "a") if args.out is not None else None
+  print(json.dumps({"kind": "env", "jax": jax.__version__,
+                    "backend": jax.default_backend(),
+                    "cpu_count": os.cpu_count(), "settings": config,
+                    "resumed": len(done)}), flush=True)
+  sources = (("grabcut", grabcut(args.data / "grabcut", args.grabcut,
+                                 args.long_side)),
+             ("camvid", camvid(args.data / "camvid", args.camvid,
+                               args.long_side)))
+  for dataset, source in sources:
+    for index, (name, image, labels, k) in enumerate(source):
+      for case in CASES:
+        if (dataset, name, case) in done:
+          continue
+        row = measure(name, image, labels, k, case, index, args, steps)
+        row.update(dataset=dataset, settings=config)
+        emit(row, out)
+  if out is not None:
+    out.close()
+
+
+if __name__ == "__main__":
+  main()
