@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.head_lr_mult = 10.0
 
   # Method and loss (potts_jax/steps.py).
-  c.method = "pce"  # pce | gd | soft_sl | hard_sl
+  c.method = "pce"  # pce | gd | soft_sl | hard_sl | hard_sl_gc (steps.METHODS)
   c.full_supervision = False  # train on the dense masks (upper bound)
   c.relaxation = "cd"
   c.cross_entropy = "cce"

@@ -7,10 +7,10 @@ about 3% of the pixels. The network is a DeepLabV3+ on a MobileNetV2 of width
 0.5 with a 64-wide ASPP/decoder, trained from scratch (no pretrained weights).
 Stage 1 trains on the scribbles alone (pCE, 400 steps at lr 0.05); stage 2
 starts from it and trains with soft self-labeling (H_CCE + P_CD, 4-NN, η 0.3,
-λ 6, σ_rgb 9, 200 solver steps) for 200 steps at lr 0.02. The paper's stage 2
-uses a tenth of stage 1's lr over 60 epochs; over this short stage 2 a tenth
-(``lr2=0.005``) moves the network too little (measured, seed 0: +0.3 mIoU
-over pCE continued at the same lr, against +0.5 with 0.02). Run::
+λ 6, σ_rgb 9, 200 solver steps) for 200 steps at a tenth of that lr, 0.005,
+as in the paper. ``lr2=0.02`` gains about as much over pCE continued at the
+same lr but is less stable (seed 2: one class fell from IoU 0.83 to 0.59,
+with pCE continued too). Run::
 
   python -m potts_jax.main --config=configs/demo.py --workdir=/tmp/demo
 
@@ -20,8 +20,10 @@ as many steps), ``relaxation=NAME``, ``cross_entropy=NAME``, ``lr2=LR`` (stage
 2's lr), ``runlocal`` (a few steps of each stage on tiny images, for tests and
 CI).
 
-Expected (2 CPU cores): see the README's quick start for the measured
-pCE and soft-SL mIoU over 3 seeds.
+Expected (2 CPU cores, about 4 minutes): val mIoU 89.39 after stage 1 and
+89.93 after stage 2 (seed 0); over seeds 0-2, 88.56 ± 0.74 (stage 1),
+89.70 ± 1.80 (soft self-labeling) and 89.32 ± 1.93 for the control
+``method=pce`` (pCE continued from the same stage 1; README quick start).
 """
 
 import ml_collections
@@ -31,7 +33,7 @@ from configs import common
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, method="soft_sl", relaxation="cd",
-                         cross_entropy="cce", lr2=0.02, runlocal=False)
+                         cross_entropy="cce", lr2=0.005, runlocal=False)
   c = common.get_config()
   c.dataset = "demo"
   c.demo = ml_collections.ConfigDict(dict(
