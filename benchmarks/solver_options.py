@@ -15,6 +15,7 @@ network), η 0.3, λ 6, σ_rgb 9, nn4, cases H_CCE + P_CD and H_Q + P_Q::
   python benchmarks/solver_options.py --out benchmarks/results/solver_options.jsonl
   python benchmarks/solver_options.py --plot benchmarks/results/solver_options.jsonl
   python benchmarks/solver_options.py --summary benchmarks/results/solver_options.jsonl
+  python benchmarks/solver_options.py --timing 4,128,21   # ms per step only
 
 Resumable: one JSON line per (dataset, image, case) is appended to ``--out``
 and lines already there (same settings) are skipped. ``--plot`` draws
@@ -189,6 +190,35 @@ def plot(path: Path, out_png: Path):
   fig.savefig(out_png, dpi=90)
 
 
+def time_shape(spec: str, repeats: int = 3):
+  """Prints ms per step of every method at ``B,S,K`` (case CCE+CD, nn4)."""
+  b, side, k = (int(x) for x in spec.split(","))
+  rng = np.random.default_rng(0)
+  logits = np.stack([synthetic.smooth_logits(side, side, k, seed=i)
+                     for i in range(b)])
+  image = rng.uniform(0, 255, (b, side, side, 3)).astype(np.float32)
+  labels = np.full((b, side, side), 255, np.int32)
+  labels[:, side // 4, :] = rng.integers(0, k, (b, 1))
+  for case in CASES:
+    times = {m: [] for m in METHODS}
+    for m, x in METHODS.items():  # compile
+      jax.block_until_ready(solver.solve(logits, image, labels, num_steps=100,
+                                         **x, **COMMON, **CASES[case]))
+    for _ in range(repeats):  # interleaved
+      for m, x in METHODS.items():
+        start = time.perf_counter()
+        jax.block_until_ready(solver.solve(logits, image, labels,
+                                           num_steps=100, **x, **COMMON,
+                                           **CASES[case]))
+        times[m].append((time.perf_counter() - start) / 100)
+    ms = {m: 1e3 * statistics.median(t) for m, t in times.items()}
+    print(json.dumps({"kind": "timing", "shape": [b, side, side, k],
+                      "case": case, "ms_per_step": ms,
+                      "vs_gd": {m: ms[m] / ms["gd"] for m in ms},
+                      "vs_gd_xla": {m: ms[m] / ms["gd_xla"] for m in ms}}),
+          flush=True)
+
+
 def summarize(path: Path):
   """Prints one markdown row per (dataset, case, method) of ``path``."""
   rows = [json.loads(l) for l in path.read_text().splitlines()]
@@ -248,7 +278,12 @@ def main(argv=None):
                       help="draw benchmarks/solver_options.png from this file")
   parser.add_argument("--summary", type=Path, default=None,
                       help="print the RESULTS.md table of this file")
+  parser.add_argument("--timing", default=None, metavar="B,S,K",
+                      help="only time every method at this shape")
   args = parser.parse_args(argv)
+  if args.timing is not None:
+    time_shape(args.timing)
+    return
   if args.plot is not None:
     plot(args.plot, REPO / "benchmarks" / "solver_options.png")
     return
