@@ -60,24 +60,28 @@ _DEFAULT_CONFIG = {"voc_scribble": "xml", "cityscapes_block": "block50",
                    "ade20k_block": "block50", "demo": "default",
                    "demo_tfds": "default", "folder": ""}
 
-_DATASET = flags.DEFINE_enum("dataset", None, DATASETS, "The dataset.")
-_CONFIG = flags.DEFINE_string(
-    "config", "", "The builder config (the dataset's default when empty; "
-    "see above).")
-_ROOT = flags.DEFINE_string(
-    "root", "", "The folder holding the downloaded files (see above); not "
-    "used by demo.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", "", "TFDS data directory to write to; default "
-    "$TFDS_DATA_DIR or ~/tensorflow_datasets (what training reads).")
-_SEED = flags.DEFINE_integer(
-    "seed", None, "Seed of block scribbles (cityscapes_block, ade20k_block) "
-    "or of synthetic folder scribbles.")
-_SCRIBBLE_SET = flags.DEFINE_string(
-    "scribble_set", None, "folder: sub-folder of ROOT/scribbles/, or "
-    "'synthetic'.")
-_SPLITS = flags.DEFINE_list(
-    "splits", None, "folder: the splits to build (all found by default).")
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (not on import, so that
+  importing this module beside other absl programs defines no flag twice)."""
+  flags.DEFINE_enum("dataset", None, DATASETS, "The dataset.")
+  flags.DEFINE_string(
+      "config", "", "The builder config (the dataset's default when empty; "
+      "see above).")
+  flags.DEFINE_string(
+      "root", "", "The folder holding the downloaded files (see above); not "
+      "used by demo.")
+  flags.DEFINE_string(
+      "data_dir", "", "TFDS data directory to write to; default "
+      "$TFDS_DATA_DIR or ~/tensorflow_datasets (what training reads).")
+  flags.DEFINE_integer(
+      "seed", None, "Seed of block scribbles (cityscapes_block, ade20k_block) "
+      "or of synthetic folder scribbles.")
+  flags.DEFINE_string(
+      "scribble_set", None, "folder: sub-folder of ROOT/scribbles/, or "
+      "'synthetic'.")
+  flags.DEFINE_list(
+      "splits", None, "folder: the splits to build (all found by default).")
 
 
 class OptionError(ValueError):
@@ -165,20 +169,21 @@ def prepare(dataset: str, config: str, root: str | pathlib.Path | None,
 
 
 def main(argv: Sequence[str]) -> None:
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  if _DATASET.value is None:
+  if FLAGS.dataset is None:
     raise app.UsageError("--dataset is required (see --help)")
   # pylint: disable-next=g-import-not-at-top
   from tensorflow_datasets.core import constants
-  data_dir = _DATA_DIR.value or constants.get_default_data_dir()
+  data_dir = FLAGS.data_dir or constants.get_default_data_dir()
   try:
-    builder = prepare(_DATASET.value, _CONFIG.value, _ROOT.value, data_dir,
-                      seed=_SEED.value, scribble_set=_SCRIBBLE_SET.value,
-                      splits=_SPLITS.value)
+    builder = prepare(FLAGS.dataset, FLAGS.config, FLAGS.root, data_dir,
+                      seed=FLAGS.seed, scribble_set=FLAGS.scribble_set,
+                      splits=FLAGS.splits)
   except OptionError as e:
     raise app.UsageError(str(e)) from None
-  dataset, name = _DATASET.value, builder.builder_config.name
+  dataset, name = FLAGS.dataset, builder.builder_config.name
   sizes = ", ".join(f"{split} ({info.num_examples})"
                     for split, info in builder.info.splits.items())
   print(f"{dataset}/{name} is prepared in {builder.data_dir}: {sizes}")
@@ -188,9 +193,10 @@ def main(argv: Sequence[str]) -> None:
   flags_line = (f"--config.dataset={training} --config.dataset_config={name} "
                 f"--config.data_dir={data_dir}")
   if dataset == "folder":
-    flags_line += f" --config.folder_root={_ROOT.value}"
+    flags_line += f" --config.folder_root={FLAGS.root}"
   print(f"Train on it with {flags_line}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
