@@ -249,6 +249,44 @@ def potts_coefficients(
   return tuple(coefficients), diag, ydotg
 
 
+def pair_pass(
+    v: Array,
+    weights: Sequence[Array],
+    stats_fn: Callable[[Array, Array, Array], Array],
+    extra: Sequence[Array] = (),
+) -> tuple[Array, PairStats, tuple, Array, Array, tuple[Array, ...]]:
+  """One reduction pass over ``K`` for the grid Potts terms of ``y = r v``.
+
+  Sums ``v``, ``v²``, ``v ⊙ shift(v)`` per offset and the caller's ``extra``
+  terms over classes in one :func:`channel_sums`, then
+  :func:`potts_coefficients`. Shared by the solver's updates.
+
+  Args:
+    v: ``[B, H, W, K]`` nonnegative, unnormalised iterate.
+    weights: per offset, ``[B, H, W]`` weights (:func:`offsets_for` order).
+    stats_fn: the ``(s, a, b)`` form of the relaxation (``potts.STATS``).
+    extra: more ``[B, H, W, K]`` terms to sum over ``K`` in the same pass.
+
+  Returns:
+    ``(r, stats, coefficients, diag, ydotg, extra_sums)``: ``r = 1/Σ_k v``,
+    the :class:`PairStats` of ``y``, :func:`potts_coefficients`' outputs and
+    the ``[B, H, W]`` sums of ``extra``.
+  """
+  offsets = offsets_for(len(weights))
+  sums = channel_sums([v, v * v]
+                      + [v * shift(v, dy, dx) for dy, dx in offsets]
+                      + list(extra))
+  r = 1.0 / sums[0]
+  stats = PairStats(
+      a=sums[1] * r * r,
+      s=tuple(s * r * shift(r, dy, dx)
+              for s, (dy, dx) in zip(sums[2:], offsets)),
+  )
+  coefficients, diag, ydotg = potts_coefficients(r, stats, weights, offsets,
+                                                 stats_fn)
+  return r, stats, coefficients, diag, ydotg, sums[2 + len(offsets):]
+
+
 def apply_coefficients(
     v: Array, r: Array, coefficients: Sequence, diag: Array
 ) -> Array:

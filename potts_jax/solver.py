@@ -225,7 +225,7 @@ def _logit_step(v, prob, relaxation, cross_entropy):
   """``(∂E/∂l, r)`` at ``y = r v``, ``r = 1/Σ_k v``; 0 where reset.
 
   ``∂E/∂l = y ⊙ (g - yᵀg)`` with ``g = ∂E/∂y``. Every reduction over ``K``
-  happens in one pass (:func:`neighborhoods.channel_sums`) over ``v``, its
+  happens in one pass (:func:`neighborhoods.pair_pass`) over ``v``, its
   shifts and ``σ``; the per-pixel coefficients are then materialised
   (``optimization_barrier``) so that the one ``K``-sized pass that follows
   reads them instead of recomputing them for every class.
@@ -238,23 +238,10 @@ def _logit_step(v, prob, relaxation, cross_entropy):
   Returns:
     ``(∂E/∂l [B, H, W, K], r [B, H, W])``.
   """
-  offsets = neighborhoods.offsets_for(len(prob.weights))
   basis_fn, terms_fn = _UNARY[cross_entropy]
-  sums = neighborhoods.channel_sums(
-      [v, v * v]
-      + [v * neighborhoods.shift(v, dy, dx) for dy, dx in offsets]
-      + list(basis_fn(v, prob))
-  )
-  r = 1.0 / sums[0]
-  stats = neighborhoods.PairStats(
-      a=sums[1] * r * r,
-      s=tuple(s * r * neighborhoods.shift(r, dy, dx)
-              for s, (dy, dx) in zip(sums[2:], offsets)),
-  )
-  coefficients, diag, ydotg = neighborhoods.potts_coefficients(
-      r, stats, prob.weights, offsets, potts.STATS[relaxation]
-  )
-  u_ydotg, u_coefficients = terms_fn(r, prob, stats, sums[2 + len(offsets):])
+  r, stats, coefficients, diag, ydotg, unary_sums = neighborhoods.pair_pass(
+      v, prob.weights, potts.STATS[relaxation], basis_fn(v, prob))
+  u_ydotg, u_coefficients = terms_fn(r, prob, stats, unary_sums)
   directions = [d for d, _ in coefficients]
   # v goes through the barrier too, so that the K-sized products below are
   # recomputed inside the update pass rather than shared (and materialised).

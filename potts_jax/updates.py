@@ -118,7 +118,7 @@ def mirror_direction(v: Array, prob, relaxation: str,
   """The mirror-descent direction ``g - yᵀg`` at ``y = r v``, 0 where reset.
 
   ``g = ∂E/∂y`` (E of :func:`potts_jax.solver.energy`). One reduction pass
-  over ``K`` (:func:`neighborhoods.channel_sums`) as in the plain step.
+  over ``K`` (:func:`neighborhoods.pair_pass`) as in the plain step.
 
   Args:
     v: ``[B, H, W, K]`` nonnegative, unnormalised iterate (``Σ_k v > 0``).
@@ -128,24 +128,12 @@ def mirror_direction(v: Array, prob, relaxation: str,
   Returns:
     ``(d [B, H, W, K], r [B, H, W])``, ``r = 1/Σ_k v``.
   """
-  offsets = neighborhoods.offsets_for(len(prob.weights))
-  sums = neighborhoods.channel_sums(
-      [v, v * v]
-      + [v * neighborhoods.shift(v, dy, dx) for dy, dx in offsets]
-      + [_unary_sum(cross_entropy, v, prob)]
-  )
-  r = 1.0 / sums[0]
-  stats = neighborhoods.PairStats(
-      a=sums[1] * r * r,
-      s=tuple(s * r * neighborhoods.shift(r, dy, dx)
-              for s, (dy, dx) in zip(sums[2:], offsets)),
-  )
-  coefficients, diag, ydotg = neighborhoods.potts_coefficients(
-      r, stats, prob.weights, offsets, potts.STATS[relaxation]
-  )
+  r, stats, coefficients, diag, ydotg, (dot,) = neighborhoods.pair_pass(
+      v, prob.weights, potts.STATS[relaxation],
+      [_unary_sum(cross_entropy, v, prob)])
   directions = [d for d, _ in coefficients]
   fields = jax.lax.optimization_barrier((
-      v, r, diag, stats.a, sums[-1], ydotg, prob.free,
+      v, r, diag, stats.a, dot, ydotg, prob.free,
       tuple(c for _, c in coefficients),
   ))
   v, r, diag, a, dot, ydotg, free, c_pairs = fields

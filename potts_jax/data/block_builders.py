@@ -241,19 +241,6 @@ class _BlockBuilder(builder_base.ArrayRecordBuilder, skip_registration=True):
     """The stored mask (0..K-1, 255) of the label file's pixels."""
     raise NotImplementedError
 
-  def _root(self, dl_manager) -> pathlib.Path:
-    config = self.builder_config
-    if config.root:
-      root = pathlib.Path(config.root)
-    else:
-      try:
-        root = pathlib.Path(dl_manager.manual_dir)
-      except AssertionError as e:  # TFDS's "does not exist or is empty".
-        raise FileNotFoundError(f"{self.name} root not found: {e}") from e
-    if not root.is_dir():
-      raise FileNotFoundError(f"{self.name} root {root} not found")
-    return root
-
   def _split_generators(self, dl_manager):
     config = self.builder_config
     if not 0.0 <= config.fraction <= 1.0:

@@ -52,6 +52,28 @@ class ArrayRecordBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
     """
     super().__init__(file_format=file_format, **kwargs)
 
+  ROOT_NAME: str | None = None
+  """How errors name the source folder (the builder's name by default)."""
+
+  def _root(self, dl_manager) -> pathlib.Path:
+    """The source folder: the config's ``root``, else TFDS's ``manual_dir``.
+
+    Raises:
+      FileNotFoundError: naming the folder when it does not exist.
+    """
+    what = self.ROOT_NAME or self.name
+    configured = getattr(self.builder_config, "root", "")
+    if configured:
+      root = pathlib.Path(configured)
+    else:
+      try:
+        root = pathlib.Path(dl_manager.manual_dir)
+      except AssertionError as e:  # TFDS's "does not exist or is empty".
+        raise FileNotFoundError(f"{what} root not found: {e}") from e
+    if not root.is_dir():
+      raise FileNotFoundError(f"{what} root {root} not found")
+    return root
+
 
 def segmentation_features() -> tfds.features.FeaturesDict:
   """``image`` ``[H, W, 3]``, ``mask``/``scribbles`` ``[H, W, 1]``, ``name``."""

@@ -231,18 +231,7 @@ class VocScribble(builder_base.ArrayRecordBuilder):
         disable_shuffling=True,  # Examples keep the order of the lists.
     )
 
-  def _root(self, dl_manager) -> pathlib.Path:
-    config = self.builder_config
-    if config.root:
-      root = pathlib.Path(config.root)
-    else:
-      try:
-        root = pathlib.Path(dl_manager.manual_dir)
-      except AssertionError as e:  # TFDS's "does not exist or is empty".
-        raise FileNotFoundError(f"VOC root not found: {e}") from e
-    if not root.is_dir():
-      raise FileNotFoundError(f"VOC root {root} not found")
-    return root
+  ROOT_NAME = "VOC"
 
   def _split_generators(self, dl_manager):
     config = self.builder_config
