@@ -1,0 +1,431 @@
+r"""Scribbles to a mask: the pseudo-label solver on any photo, no network.
+
+Run::
+
+  python -m potts_jax.segment --image PHOTO --scribbles SCRIBBLES.png \
+      --out MASK.png
+  python -m potts_jax.segment --benchmark ../shared/data/grabcut --set set1 \
+      --max_size 320 --table grabcut_set1.md
+
+The scribble file is a single-channel PNG ('L' or 'P') of the photo's size:
+``0..K-1`` a scribbled class, ``255`` unlabeled (the ScribbleSup convention;
+any other value is an error). ``K`` is the largest class id + 1 (or
+``--num_classes``), and every class must have at least one scribbled pixel.
+
+The unary (the "network" σ of ARCHITECTURE §3) is, by ``--unary``:
+
+- ``histogram`` (default): per class, a colour histogram of the scribbled
+  pixels (``--bins`` bins per RGB channel, smoothed by a Gaussian of
+  ``--hist_blur`` bins, plus one count spread uniformly), i.e. the logits
+  ``ln p(colour_i | k)`` and σ the posterior under equal class priors;
+- ``gaussian``: the model of :func:`potts_jax.demo.colour_model_logits` (one
+  isotropic Gaussian per class around its mean scribbled colour, ``--bandwidth``);
+- ``uniform``: zero logits (only the scribbles and the Potts term speak).
+
+The solver (:func:`potts_jax.solver.solve`) then minimises
+``E(y) = η Σ H(σ_i, y_i) + λ Σ w_ij P(y_i, y_j)`` with the scribbles fixed;
+the mask is ``argmax y``. Writes ``--out`` (PNG, class ids), ``*_soft.png``
+next to it (:func:`potts_jax.viz.colorize` of ``y``) and prints one JSON line
+with the energy.
+
+``--benchmark DIR`` runs over a folder in the layout of ``shared/data/grabcut``
+(``--set`` set1 or set2) and compares, per image, this solver, scikit-image's
+``random_walker`` (β = 130, same scribbles) and the graph cut
+(:func:`potts_jax.graphcut.solve`, same scribbles, affinities and unary):
+error rate (% of pixels with mask ≠ 255 mislabelled, at the mask's full
+resolution; predictions made at ``--max_size`` are upsampled nearest), IoU of
+the foreground (class 1) and wall time. One JSON line per image and method,
+one per method overall, and a markdown table to ``--table``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from potts_jax import labels as label_codes
+from potts_jax import solver
+from potts_jax import viz
+from potts_jax import xla_flags
+
+UNARIES = ("histogram", "gaussian", "uniform")
+METHODS = ("ours", "random_walker", "graphcut")
+#: Largest number of classes a scribble file may name (ids 0..MAX_CLASSES-1).
+MAX_CLASSES = 64
+
+DEFAULTS = dict(unary="histogram", bins=16, hist_blur=1.0, bandwidth=30.0,
+                relaxation="cd", cross_entropy="cce", neighborhood="nn8",
+                eta=1.0, lam=6.0, sigma_rgb=9.0, num_steps=200,
+                method="adam", step_size=0.075, adam_lr=0.1)
+
+
+def read_image(path: str) -> np.ndarray:
+  """The photo at ``path`` as ``[H, W, 3]`` float32 RGB in 0..255."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"image {path} not found")
+  return np.asarray(Image.open(path).convert("RGB"), np.float32)
+
+
+def read_scribbles(path: str, shape: tuple[int, int],
+                   num_classes: int | None = None) -> tuple[np.ndarray, int]:
+  """Reads and checks a scribble PNG.
+
+  Args:
+    path: single-channel PNG, ``0..K-1`` classes, 255 unlabeled.
+    shape: the photo's ``(H, W)``.
+    num_classes: ``K``; None infers it as the largest class id + 1.
+
+  Returns:
+    ``(scribbles [H, W] int32, K)``.
+
+  Raises:
+    ValueError: naming ``path`` when the mode, size or values are wrong,
+      when nothing is scribbled, or when a class has no scribbled pixel.
+  """
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"scribble file {path} not found")
+  img = Image.open(path)
+  if img.mode not in ("L", "P"):
+    raise ValueError(f"{path}: expected a single-channel PNG ('L' or 'P') of "
+                     f"class ids (0..K-1, 255 unlabeled), got mode {img.mode!r}")
+  scribbles = np.asarray(img, np.int32)
+  if scribbles.shape != tuple(shape):
+    raise ValueError(f"{path}: scribble size {scribbles.shape[1]}x"
+                     f"{scribbles.shape[0]} (WxH) differs from the image's "
+                     f"{shape[1]}x{shape[0]}")
+  limit = MAX_CLASSES if num_classes is None else num_classes
+  bad = (scribbles >= limit) & (scribbles != label_codes.UNLABELED)
+  if bad.any():
+    values = np.unique(scribbles[bad])[:8].tolist()
+    raise ValueError(f"{path}: values {values} outside the encoding: expected "
+                     f"class ids 0..{limit - 1} and 255 for unlabeled")
+  labeled = scribbles != label_codes.UNLABELED
+  if not labeled.any():
+    raise ValueError(f"{path}: no scribble at all (every pixel is 255, "
+                     "unlabeled); expected at least one class id 0..K-1")
+  k = int(scribbles[labeled].max()) + 1 if num_classes is None else num_classes
+  missing = sorted(set(range(k)) - set(np.unique(scribbles[labeled]).tolist()))
+  if missing:
+    raise ValueError(f"{path}: classes {missing} of 0..{k - 1} have no "
+                     "scribbled pixel; every class needs at least one")
+  return scribbles, k
+
+
+def histogram_logits(image, scribbles, num_classes, bins=16, blur=1.0):
+  """``ln p(colour | k)`` from smoothed colour histograms of the scribbles.
+
+  Args:
+    image: ``[H, W, 3]`` in 0..255.
+    scribbles: ``[H, W]`` int, 255 unlabeled (254 padding ignored).
+    num_classes: K.
+    bins: bins per channel.
+    blur: Gaussian smoothing of each histogram, in bins (0: none).
+
+  Returns:
+    ``[H, W, K]`` float32 log-likelihoods.
+  """
+  index = np.clip((np.asarray(image) * (bins / 256.0)).astype(np.int64), 0,
+                  bins - 1)
+  flat = (index[..., 0] * bins + index[..., 1]) * bins + index[..., 2]
+  out = []
+  for k in range(num_classes):
+    hist = np.bincount(flat[scribbles == k], minlength=bins**3).astype(
+        np.float64).reshape(bins, bins, bins)
+    if blur > 0:
+      hist = ndimage.gaussian_filter(hist, blur, mode="constant")
+    hist += 1.0 / bins**3  # one count spread over all bins: no ln 0.
+    out.append(np.log(hist / hist.sum()).reshape(-1)[flat])
+  return np.stack(out, -1).astype(np.float32)
+
+
+def gaussian_logits(image, scribbles, num_classes, bandwidth=30.0):
+  """``-‖I_i - μ_k‖² / (2 bandwidth²)``, ``μ_k`` the mean scribbled colour.
+
+  The model of :func:`potts_jax.demo.colour_model_logits`, restated here
+  because importing ``potts_jax.demo`` defines its absl flags (``--out``,
+  ``--steps``, ...), which would clash with this command's.
+  """
+  image = np.asarray(image, np.float64)
+  means = np.stack([image[scribbles == k].mean(axis=0)
+                    for k in range(num_classes)])
+  dist = ((image[:, :, None, :] - means[None, None]) ** 2).sum(-1)
+  return (-dist / (2.0 * bandwidth**2)).astype(np.float32)
+
+
+def unary_logits(image, scribbles, num_classes, *, unary="histogram", bins=16,
+                 hist_blur=1.0, bandwidth=30.0, **unused):
+  """The unary logits ``[H, W, K]`` named by ``unary`` (see the module doc)."""
+  if unary == "histogram":
+    return histogram_logits(image, scribbles, num_classes, bins, hist_blur)
+  if unary == "gaussian":
+    return gaussian_logits(image, scribbles, num_classes, bandwidth)
+  if unary == "uniform":
+    return np.zeros(scribbles.shape + (num_classes,), np.float32)
+  raise ValueError(f"unary must be one of {UNARIES}; got {unary!r}")
+
+
+def _solver_options(options):
+  """Keyword arguments of :func:`solver.solve` from the segment options."""
+  opts = {k: options[k] for k in ("relaxation", "cross_entropy",
+                                  "neighborhood", "eta", "lam", "sigma_rgb",
+                                  "num_steps")}
+  if options["method"] == "adam":
+    import optax  # pylint: disable=g-import-not-at-top
+    opts.update(method="optax", optimizer=_adam(options["adam_lr"]))
+  else:
+    opts.update(method=options["method"], step_size=options["step_size"])
+  return opts
+
+
+_ADAM = {}
+
+
+def _adam(lr):
+  """One optax.adam object per rate (a new object would retrace)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  return _ADAM.setdefault(lr, optax.adam(lr))
+
+
+def segment(image, scribbles, num_classes, **options):
+  """Soft labels, mask and energy for one photo.
+
+  Args:
+    image: ``[H, W, 3]`` float 0..255.
+    scribbles: ``[H, W]`` int, ``0..K-1``, 255 unlabeled, 254 padding.
+    num_classes: K.
+    **options: any of :data:`DEFAULTS`.
+
+  Returns:
+    ``(y [H, W, K], mask [H, W] int32, energy float, logits [H, W, K])``.
+  """
+  options = dict(DEFAULTS, **options)
+  logits = unary_logits(image, scribbles, num_classes, **options)
+  opts = _solver_options(options)
+  args = (logits[None], np.asarray(image, np.float32)[None],
+          np.asarray(scribbles, np.int32)[None])
+  y = solver.solve(*args, **opts)
+  e = float(solver.energy(y, *args, **opts)[0])
+  y = np.asarray(y[0])
+  return y, y.argmax(-1).astype(np.int32), e, logits
+
+
+def write_outputs(out: str, y: np.ndarray, mask: np.ndarray) -> str:
+  """Writes the mask PNG at ``out`` and ``*_soft.png``; returns the latter."""
+  folder = os.path.dirname(os.path.abspath(out))
+  os.makedirs(folder, exist_ok=True)
+  Image.fromarray(mask.astype(np.uint8), "L").save(out)
+  soft = os.path.splitext(out)[0] + "_soft.png"
+  Image.fromarray(viz.colorize(y)).save(soft)
+  return soft
+
+
+# --- benchmark ---------------------------------------------------------------
+
+
+def error_and_iou(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+  """% mislabelled pixels with ``mask != 255`` and the foreground IoU."""
+  valid = mask != label_codes.UNLABELED
+  err = 100.0 * float((pred[valid] != mask[valid]).mean())
+  p, t = (pred == 1) & valid, (mask == 1) & valid
+  union = (p | t).sum()
+  return err, float((p & t).sum() / union) if union else 1.0
+
+
+def _pad(image, scribbles, multiple=64):
+  """Pads to a multiple of ``multiple`` (labels 254: in no term) so that
+  images of similar sizes share one compilation."""
+  h, w = scribbles.shape
+  ph, pw = -h % multiple, -w % multiple
+  image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+  scribbles = np.pad(scribbles, ((0, ph), (0, pw)),
+                     constant_values=label_codes.PADDING)
+  return image, scribbles
+
+
+def _random_walker(image, scribbles):
+  from skimage.segmentation import random_walker  # pylint: disable=g-import-not-at-top
+  markers = np.where(scribbles == label_codes.UNLABELED, 0, scribbles + 1)
+  return random_walker(image / 255.0, markers, beta=130, mode="cg_j",
+                       channel_axis=-1).astype(np.int32) - 1
+
+
+def _predict(method, image, scribbles, options):
+  h, w = scribbles.shape
+  if method == "random_walker":
+    return _random_walker(image, scribbles)
+  pimage, pscrib = _pad(image, scribbles)
+  if method == "ours":
+    return segment(pimage, pscrib, 2, **options)[1][:h, :w]
+  from potts_jax import graphcut  # pylint: disable=g-import-not-at-top
+  options = dict(DEFAULTS, **options)
+  logits = unary_logits(pimage, pscrib, 2, **options)
+  assignment, _ = graphcut.solve(
+      logits[None], pimage[None], pscrib[None], eta=options["eta"],
+      lam=options["lam"], sigma_rgb=options["sigma_rgb"],
+      neighborhood=options["neighborhood"])
+  return assignment[0, :h, :w]
+
+
+def benchmark(root, scribble_set="set1", *, max_size=None, limit=None,
+              methods=METHODS, mask_dir=None, table=None, **options):
+  """Runs the GrabCut-layout benchmark; returns the per-image rows.
+
+  Args:
+    root: dataset folder (``images/``, ``masks/``, ``scribbles/<set>/``).
+    scribble_set: ``set1`` or ``set2``.
+    max_size: downscale so that the long side is at most this (labels
+      nearest); errors are measured at full resolution.
+    limit: first ``limit`` images only.
+    methods: subset of :data:`METHODS`.
+    mask_dir: if set, writes ``mask_dir/<method>/<name>.png`` (full size).
+    table: if set, writes the markdown table there.
+    **options: segment options (:data:`DEFAULTS`).
+
+  Returns:
+    list of dicts (name, method, error, iou, seconds).
+  """
+  from potts_jax.data import folder  # pylint: disable=g-import-not-at-top
+  names = folder.names(root)[:limit]
+  rows = []
+  for name in names:
+    full = folder.load_example(root, name, scribble_set=scribble_set)
+    h, w = full.mask.shape
+    ex = full if max_size is None or max(h, w) <= max_size else (
+        folder.load_example(root, name, scribble_set=scribble_set,
+                            long_side=max_size))
+    for method in methods:
+      start = time.perf_counter()
+      pred = _predict(method, ex.image, ex.scribbles, options)
+      seconds = time.perf_counter() - start
+      pred = np.asarray(Image.fromarray(pred.astype(np.uint8)).resize(
+          (w, h), Image.NEAREST), np.int32)
+      err, iou = error_and_iou(pred, full.mask)
+      row = dict(name=name, set=scribble_set, method=method, size=f"{w}x{h}",
+                 solved_at=f"{ex.mask.shape[1]}x{ex.mask.shape[0]}",
+                 error=round(err, 4), iou=round(iou, 4),
+                 seconds=round(seconds, 3))
+      print(json.dumps(row), flush=True)
+      rows.append(row)
+      if mask_dir:
+        os.makedirs(os.path.join(mask_dir, method), exist_ok=True)
+        Image.fromarray(pred.astype(np.uint8), "L").save(
+            os.path.join(mask_dir, method, f"{name}.png"))
+  summary = summarize(rows, methods)
+  for s in summary:
+    print(json.dumps(dict(s, set=scribble_set, images=len(names))), flush=True)
+  if table:
+    pathlib.Path(table).write_text(markdown_table(rows, summary, methods))
+  return rows
+
+
+def summarize(rows, methods):
+  """Mean error %, mean foreground IoU and mean seconds per method."""
+  out = []
+  for m in methods:
+    r = [x for x in rows if x["method"] == m]
+    out.append(dict(method=m, mean_error=round(np.mean([x["error"] for x in r]), 3),
+                    mean_iou=round(np.mean([x["iou"] for x in r]), 4),
+                    mean_seconds=round(np.mean([x["seconds"] for x in r]), 3)))
+  return out
+
+
+def markdown_table(rows, summary, methods):
+  """Per-image rows (error % / IoU / s per method) and the mean row."""
+  head = "| image | size | " + " | ".join(
+      f"{m} err % | {m} IoU | {m} s" for m in methods) + " |\n"
+  head += "|---|---|" + "---:|" * (3 * len(methods)) + "\n"
+  by_name = {}
+  for r in rows:
+    by_name.setdefault(r["name"], {})[r["method"]] = r
+  lines = []
+  for name, rs in by_name.items():
+    first = next(iter(rs.values()))
+    cells = " | ".join(f"{rs[m]['error']:.2f} | {rs[m]['iou']:.3f} | "
+                       f"{rs[m]['seconds']:.2f}" for m in methods)
+    lines.append(f"| {name} | {first['size']} | {cells} |\n")
+  mean = " | ".join(f"**{s['mean_error']:.2f}** | **{s['mean_iou']:.3f}** | "
+                    f"{s['mean_seconds']:.2f}" for s in summary)
+  return head + "".join(lines) + f"| **mean** | | {mean} |\n"
+
+
+# --- command line ------------------------------------------------------------
+
+
+def _define_flags():
+  """Defines the command's flags (called when run, never on import)."""
+  f = flags
+  f.DEFINE_string("image", None, "Photo (any format PIL reads).")
+  f.DEFINE_string("scribbles", None,
+                  "'L' PNG of the photo's size: 0..K-1 classes, 255 unlabeled.")
+  f.DEFINE_string("out", "mask.png", "Mask PNG (class ids); the soft labels "
+                  "go next to it as *_soft.png.")
+  f.DEFINE_integer("num_classes", None, "K (default: largest scribble id + 1).")
+  f.DEFINE_enum("unary", DEFAULTS["unary"], UNARIES, "Unary (module doc).")
+  f.DEFINE_integer("bins", DEFAULTS["bins"], "Histogram bins per channel.")
+  f.DEFINE_float("hist_blur", DEFAULTS["hist_blur"], "Histogram blur (bins).")
+  f.DEFINE_float("bandwidth", DEFAULTS["bandwidth"], "Gaussian unary width.")
+  f.DEFINE_string("relaxation", DEFAULTS["relaxation"], "Potts relaxation.")
+  f.DEFINE_string("cross_entropy", DEFAULTS["cross_entropy"], "H(σ, y).")
+  f.DEFINE_enum("neighborhood", DEFAULTS["neighborhood"], ["nn4", "nn8"],
+                "Grid neighbourhood.")
+  f.DEFINE_float("eta", DEFAULTS["eta"], "Weight η of the unary term.")
+  f.DEFINE_float("lam", DEFAULTS["lam"], "Weight λ of the Potts term.")
+  f.DEFINE_float("sigma_rgb", DEFAULTS["sigma_rgb"], "Affinity σ_rgb.")
+  f.DEFINE_integer("num_steps", DEFAULTS["num_steps"], "Solver steps.")
+  f.DEFINE_enum("method", DEFAULTS["method"],
+                ["adam", "gd", "mirror", "mirror_momentum"],
+                "Update: adam (optax.adam(--adam_lr) on the logits), gd "
+                "(--step_size), mirror, mirror_momentum.")
+  f.DEFINE_float("step_size", DEFAULTS["step_size"], "GD step.")
+  f.DEFINE_float("adam_lr", DEFAULTS["adam_lr"], "Adam learning rate.")
+  f.DEFINE_string("benchmark", None, "GrabCut-layout folder: benchmark mode.")
+  f.DEFINE_enum("set", "set1", ["set1", "set2"], "Scribble set (benchmark).")
+  f.DEFINE_integer("max_size", None, "Benchmark: downscale the long side.")
+  f.DEFINE_integer("limit", None, "Benchmark: first N images.")
+  f.DEFINE_list("methods", list(METHODS), "Benchmark: methods compared.")
+  f.DEFINE_string("table", None, "Benchmark: markdown table file.")
+  f.DEFINE_string("mask_dir", None, "Benchmark: write masks here.")
+
+
+def main(argv):
+  """Runs the command with the flags defined by :func:`_define_flags`."""
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  fv = flags.FLAGS
+  options = {k: fv[k].value for k in DEFAULTS}
+  if fv.benchmark:
+    unknown = set(fv.methods) - set(METHODS)
+    if unknown:
+      raise app.UsageError(f"--methods: unknown {sorted(unknown)}")
+    benchmark(fv.benchmark, fv.set, max_size=fv.max_size, limit=fv.limit,
+              methods=tuple(fv.methods), mask_dir=fv.mask_dir, table=fv.table,
+              **options)
+    return
+  if not fv.image or not fv.scribbles:
+    raise app.UsageError("give --image and --scribbles (or --benchmark DIR)")
+  try:
+    image = read_image(fv.image)
+    scribbles, k = read_scribbles(fv.scribbles, image.shape[:2],
+                                  fv.num_classes)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  y, mask, e, _ = segment(image, scribbles, k, **options)
+  soft = write_outputs(fv.out, y, mask)
+  print(json.dumps(dict(image=fv.image, num_classes=k, energy=e,
+                        classes_in_mask=np.unique(mask).tolist(),
+                        mask=fv.out, soft=soft, **options)))
+
+
+if __name__ == "__main__":
+  xla_flags.prefer_threaded_cpu_loops()
+  _define_flags()
+  app.run(main)
