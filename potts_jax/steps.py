@@ -121,8 +121,11 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
 
   Returns:
     ``(new_state, metrics)``: metrics (``loss``, ``pce``, and for the
-    self-labeling methods ``energy``, the mean solver energy per image) are
-    global-batch values, equal on every device.
+    self-labeling methods ``energy``, the mean energy of ``y`` per image:
+    the solver's ``E(y)`` for ``soft_sl``; for the hard methods the discrete
+    energy ``η Σ -ln σ_i^{l_i} + λ Σ w_ij [l_i ≠ l_j]`` (H_CE + P_BL of the
+    one-hot ``y``, what the graph cut minimises) rather than a log relaxation
+    at one-hot points) are global-batch values, equal on every device.
   """
   if config.method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {config.method!r}")
@@ -144,9 +147,12 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
   metrics = {}
   if config.method in ("soft_sl", "hard_sl", "hard_sl_gc"):
     y = pseudo_labels(logits, image, labels, config)
+    options = {k: v for k, v in solver_options(config).items()
+               if k not in ("num_steps", "step_size")}
+    if config.method != "soft_sl":  # One-hot y: the discrete Potts energy.
+      options.update(relaxation="bl", cross_entropy="ce")
     energy = solver.energy(y, jax.lax.stop_gradient(logits), image, labels,
-                           **{k: v for k, v in solver_options(config).items()
-                              if k not in ("num_steps", "step_size")})
+                           **options)
     metrics["energy"] = jax.lax.pmean(jnp.mean(energy), AXIS)
 
     def loss_fn(logits):
