@@ -165,3 +165,8 @@ def test_benchmark_table_matches_numpy(tmp_path):
       assert f"| {name} |" in text
     assert f"**{np.mean(errors):.2f}**" in text
   assert text.count("\n") == 2 + len(names) + 1
+
+
+def test_import_defines_no_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  assert not {"image", "scribbles", "benchmark", "unary"} & set(flags.FLAGS)
