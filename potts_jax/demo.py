@@ -32,11 +32,16 @@ from potts_jax import solver
 from potts_jax import viz
 from potts_jax import xla_flags
 
-_OUT = flags.DEFINE_string("out", "demo_out", "Output folder.")
-_STEPS = flags.DEFINE_integer("steps", 200, "Solver steps.")
-_RELAXATION = flags.DEFINE_string("relaxation", "cd", "Potts relaxation.")
-_CROSS_ENTROPY = flags.DEFINE_string("cross_entropy", "cce", "Cross-entropy.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the scene's noise.")
+
+def define_flags() -> None:
+  """The command's flags, defined when it runs (not on import, so that other
+  absl programs may import this module)."""
+  flags.DEFINE_string("out", "demo_out", "Output folder.")
+  flags.DEFINE_integer("steps", 200, "Solver steps.")
+  flags.DEFINE_string("relaxation", "cd", "Potts relaxation.")
+  flags.DEFINE_string("cross_entropy", "cce", "Cross-entropy.")
+  flags.DEFINE_integer("seed", 0, "Seed of the scene's noise.")
+
 
 NUM_CLASSES = 4
 _COLOURS = np.array(
@@ -128,12 +133,13 @@ def run(out_dir: str, steps: int = 200, relaxation: str = "cd",
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  summary = run(_OUT.value, _STEPS.value, _RELAXATION.value,
-                _CROSS_ENTROPY.value, _SEED.value)
+  f = flags.FLAGS
+  summary = run(f.out, f.steps, f.relaxation, f.cross_entropy, f.seed)
   print(json.dumps(summary))
-  print(f"wrote {os.path.join(_OUT.value, 'demo.png')}")
+  print(f"wrote {os.path.join(f.out, 'demo.png')}")
 
 
 if __name__ == "__main__":
   xla_flags.prefer_threaded_cpu_loops()
+  define_flags()
   app.run(main)

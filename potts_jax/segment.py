@@ -57,6 +57,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from potts_jax import demo
 from potts_jax import labels as label_codes
 from potts_jax import solver
 from potts_jax import viz
@@ -153,17 +154,10 @@ def histogram_logits(image, scribbles, num_classes, bins=16, blur=1.0):
 
 
 def gaussian_logits(image, scribbles, num_classes, bandwidth=30.0):
-  """``-‖I_i - μ_k‖² / (2 bandwidth²)``, ``μ_k`` the mean scribbled colour.
-
-  The model of :func:`potts_jax.demo.colour_model_logits`, restated here
-  because importing ``potts_jax.demo`` defines its absl flags (``--out``,
-  ``--steps``, ...), which would clash with this command's.
-  """
-  image = np.asarray(image, np.float64)
-  means = np.stack([image[scribbles == k].mean(axis=0)
-                    for k in range(num_classes)])
-  dist = ((image[:, :, None, :] - means[None, None]) ** 2).sum(-1)
-  return (-dist / (2.0 * bandwidth**2)).astype(np.float32)
+  """``-‖I_i - μ_k‖² / (2 bandwidth²)``, ``μ_k`` the mean scribbled colour
+  (:func:`potts_jax.demo.colour_model_logits`)."""
+  return demo.colour_model_logits(np.asarray(image, np.float64), scribbles,
+                                  num_classes, bandwidth)
 
 
 def unary_logits(image, scribbles, num_classes, *, unary="histogram", bins=16,
