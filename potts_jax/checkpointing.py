@@ -38,17 +38,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from potts_jax import parallel
+
 STATE = "state"
 DATA = "data"
 
 
 def _host_arrays(tree: Any) -> Any:
   """One host copy (numpy) of a replicated tree of (possibly global) arrays."""
-  def host(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      x = x.addressable_data(0)
-    return np.asarray(x)
-  return jax.tree.map(host, tree)
+  return jax.tree.map(np.asarray, parallel.local_copy(tree))
 
 
 class Checkpointer:
@@ -97,6 +95,10 @@ class Checkpointer:
     """The steps of the completed checkpoints, oldest first."""
     return sorted(self._manager.all_steps())
 
+  def due(self, step: int) -> bool:
+    """Whether ``step`` is a periodic save (a multiple of ``save_every``)."""
+    return self.save_every > 0 and step % self.save_every == 0
+
   def save(self, step: int, state: Any, iterator: Any, *,
            force: bool = False) -> bool:
     """Saves ``state`` and ``iterator``'s position as checkpoint ``step``.
@@ -114,8 +116,7 @@ class Checkpointer:
     Returns:
       Whether a checkpoint was written.
     """
-    periodic = self.save_every > 0 and step % self.save_every == 0
-    if not (force or periodic) or step in self._manager.all_steps():
+    if not (force or self.due(step)) or step in self._manager.all_steps():
       return False
     self._manager.save(
         int(step), force=True,

@@ -74,6 +74,17 @@ def initialize_distributed() -> None:
                  jax.local_device_count(), jax.device_count())
 
 
+def local_copy(tree: Any) -> Any:
+  """This process's copy of a replicated tree: a global array spanning other
+  hosts becomes one of its local shards (the whole value, as it is
+  replicated); other leaves are returned as they are."""
+  def local(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x.addressable_data(0)
+    return x
+  return jax.tree.map(local, tree)
+
+
 def make_mesh(devices: Any = None) -> jax.sharding.Mesh:
   """A one-axis mesh ``data`` over ``devices`` (all devices of all hosts)."""
   devices = np.asarray(jax.devices() if devices is None else devices)
@@ -145,10 +156,12 @@ class DataParallel:
     return jax.tree.map(put, tree)
 
   def unreplicate(self, tree: Any) -> Any:
-    """Replicated outputs as values with no device axis (``[0]`` for pmap)."""
+    """Replicated outputs as host-usable values of this process: no device
+    axis (``[0]`` for pmap), a local copy of a global array
+    (:func:`local_copy`) for ``shard_map``."""
     if self.kind == "pmap":
       return jax.tree.map(lambda x: x[0], tree)
-    return tree
+    return local_copy(tree)
 
   def put_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
     """A host-local batch ``[B_host, ...]`` as the mapped functions take it.

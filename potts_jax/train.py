@@ -107,15 +107,6 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation,
   return steps.ModelDef(graphdef, rngs), state
 
 
-def _host_copy(tree: Any) -> Any:
-  """One device's copy of a replicated tree (for host-local computations)."""
-  def first(x):
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-      return x.addressable_data(0)
-    return x
-  return jax.tree.map(first, tree)
-
-
 def evaluate(par: parallel.DataParallel, eval_fn: Any, state: Any,
              source: Any, config: ml_collections.ConfigDict, num_classes: int
              ) -> np.ndarray:
@@ -126,7 +117,7 @@ def evaluate(par: parallel.DataParallel, eval_fn: Any, state: Any,
   for batch in pipeline.eval_batches(source, batch_size=per_host,
                                      pad_to=pad_to):
     cm = par.unreplicate(eval_fn(state, par.put_batch(batch)))
-    confusion.update(np.asarray(_host_copy(cm)))
+    confusion.update(np.asarray(cm))
   return confusion.matrix
 
 
@@ -349,13 +340,12 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
     state, scalars = train_fn(state, par.put_batch(batch))
     step += 1
     if step % config.log_every == 0 or step == config.total_steps:
-      scalars = jax.tree.map(lambda x: float(np.asarray(_host_copy(x))),
-                             par.unreplicate(scalars))
+      scalars = jax.tree.map(float, par.unreplicate(scalars))
       scalars["lr"] = float(learning_rate(config)(step - 1))
       progress.log(step, scalars)
       writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
     if config.image_every and step % config.image_every == 0:
-      host_state = _host_copy(par.unreplicate(state))
+      host_state = par.unreplicate(state)
       writer.write_images(step, _images(
           _examples(graphdef, host_state, batch, config, count=2),
           data.num_classes))
@@ -364,8 +354,7 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
       logging.warning("SIGTERM: saved step %d in %s; stopping", step, workdir)
       writer.close()
       return {"step": step, "preempted": True}
-    if step == config.total_steps or (
-        config.checkpoint_every and step % config.checkpoint_every == 0):
+    if step == config.total_steps or ckpt.due(step):
       ckpt.save(step, par.unreplicate(state), train_iter, force=True)
     if config.eval_every and step % config.eval_every == 0 and (
         step < config.total_steps):
@@ -374,7 +363,7 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
   if jax.process_index() == 0:
     if config.get("figure"):
       write_figure(os.path.join(workdir, "figure.png"), graphdef,
-                   _host_copy(par.unreplicate(state)), data.eval, config,
+                   par.unreplicate(state), data.eval, config,
                    title=f"{config.get('name', '')} {config.method}: "
                    f"{config.eval_split} mIoU {record['miou']:.3f}")
     metrics.write_metrics_json(os.path.join(workdir, "metrics.json"), record)
