@@ -122,7 +122,7 @@ def mirror_direction(v: Array, prob, relaxation: str,
 
   Args:
     v: ``[B, H, W, K]`` nonnegative, unnormalised iterate (``Σ_k v > 0``).
-    prob: the solver's problem (``solver._Problem``).
+    prob: the solver's problem (:class:`potts_jax.solver_terms.Problem`).
     relaxation, cross_entropy: names.
 
   Returns:
