@@ -40,6 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset_config = ""
   c.data_dir = ""  # "" = $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.folder_root = ""
+  c.folder_downscale = 1  # dataset=folder: store every example at 1/f size
   c.scribble_set = ""
   c.scribble_seed = 0
   c.num_classes = 0  # 0 = from the dataset's metadata
@@ -86,6 +87,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.sigma_xy = 100.0  # spatial bandwidth (pixels) of neighborhood="dense"
   c.solver_steps = 200
   c.solver_step_size = 0.075
+  # The y-solver's update (potts_jax.updates): gd (the paper's), adam (optax
+  # Adam on the logits at solver_adam_lr), mirror, mirror_momentum.
+  c.solver_method = "gd"
+  c.solver_adam_lr = 0.1
+  c.dense_scale_factor = 1.0  # neighborhood=dense filters at this fraction
   c.init_from = ""  # a stage-1 workdir or checkpoint
   c.stages = ()  # e.g. ({"name": "stage1", "method": "pce"}, {...})
   c.name = ""

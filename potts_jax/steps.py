@@ -36,6 +36,7 @@ with the same global batch.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 from flax import nnx
@@ -72,7 +73,19 @@ def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
                  step_size=config.solver_step_size)
   if config.neighborhood == "dense":
     options["sigma_xy"] = config.get("sigma_xy", 100.0)
+    options["scale_factor"] = config.get("dense_scale_factor", 1.0)
+  method = config.get("solver_method", "gd")
+  if method == "adam":
+    options["optimizer"] = _adam(config.get("solver_adam_lr", 0.1))
+  elif method != "gd":
+    options["method"] = method
   return options
+
+
+@functools.lru_cache(maxsize=None)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+  # One object per rate: a new optimizer object would retrace the solver.
+  return optax.adam(learning_rate)
 
 
 class ModelDef(NamedTuple):

@@ -409,3 +409,46 @@ def test_sync_batch_norm_uses_global_batch_statistics(sync):
   # torch momentum 0.1: r = 0.9 r + 0.1 batch (initial mean 0, var 1).
   np.testing.assert_allclose(mean, 0.1 * mu, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(var, 0.9 + 0.1 * sigma2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,dilation,hw", [(1, 1, (17, 14)),
+                                                (2, 1, (17, 14)),
+                                                (2, 1, (16, 12)),
+                                                (1, 2, (9, 11)),
+                                                (1, 4, (13, 13))])
+def test_depthwise_conv_matches_grouped_convolution(stride, dilation, hw):
+  # The CPU path (shifted products) against XLA's grouped convolution, in
+  # value and in both gradients, at torch's padding.
+  conv = layers.conv(6, 6, 3, stride=stride, dilation=dilation, groups=6,
+                     rngs=nnx.Rngs(0))
+  assert isinstance(conv, layers.DepthwiseConv)
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, *hw, 6))
+  kernel = conv.kernel[...]
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((dilation, dilation),) * 2,
+        rhs_dilation=(dilation, dilation),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=6,
+        precision=jax.lax.Precision.HIGHEST)
+
+  def ours(x, kernel):
+    return layers.shifted_depthwise(x, kernel, strides=conv.strides,
+                                    padding=conv.padding,
+                                    dilation=conv.kernel_dilation)
+
+  weights = jax.random.normal(jax.random.PRNGKey(2), reference(x, kernel).shape)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)) * weights)
+  np.testing.assert_allclose(conv(x), reference(x, kernel),
+                             rtol=1e-5, atol=1e-5)
+  got = jax.grad(loss(ours), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(reference), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_only_depthwise_convs_take_the_shifted_path():
+  rngs = nnx.Rngs(0)
+  assert type(layers.conv(8, 8, 3, rngs=rngs)) is nnx.Conv
+  assert type(layers.conv(8, 16, 3, groups=8, rngs=rngs)) is nnx.Conv
+  assert type(layers.conv(8, 8, 3, groups=8, rngs=rngs)) is layers.DepthwiseConv

@@ -68,6 +68,7 @@ import zlib
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 import tensorflow_datasets as tfds
 
 from potts_jax.data import builder_base
@@ -91,12 +92,17 @@ class FolderConfig(tfds.core.BuilderConfig):
       the module docstring); :data:`SYNTHETIC` always synthesises.
     splits: split names to build; ``None`` discovers them.
     seed: base seed of synthetic scribbles.
+    downscale: an integer factor ``f``: every example is stored at
+      ``(W // f, H // f)``, the photo box-filtered, the mask and given
+      scribbles by nearest neighbour; synthetic scribbles are drawn on the
+      reduced mask. 1 keeps the source size and bytes.
   """
 
   root: str = ""
   scribble_set: str | None = None
   splits: tuple[str, ...] | None = None
   seed: int = 0
+  downscale: int = 1
 
 
 def discover_splits(root: str | pathlib.Path,
@@ -215,6 +221,10 @@ class FolderSegmentation(builder_base.ArrayRecordBuilder):
                          ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yields ``(index, example)`` in list order; checks every file."""
     config = self.builder_config
+    factor = config.downscale
+    if not isinstance(factor, int) or factor < 1:
+      raise ValueError(f"FolderConfig.downscale={factor!r}; expected an "
+                       "integer >= 1")
     duplicated = sorted(n for n, c in collections.Counter(names).items()
                         if c > 1)
     if duplicated:
@@ -227,6 +237,9 @@ class FolderSegmentation(builder_base.ArrayRecordBuilder):
       size = (pixels.shape[1], pixels.shape[0])
       mask_path = root / "masks" / f"{rel}.png"
       mask_bytes, mask = builder_base.open_label(mask_path, size)
+      if factor > 1:
+        image_bytes, pixels, mask_bytes, mask = _reduce(
+            pixels, mask, factor, image_path)
       ids = np.setdiff1d(np.unique(mask), _IGNORED)
       if classes is not None and ids.size and ids[-1] >= len(classes):
         raise ValueError(f"{mask_path}: class id {ids[-1]} >= the "
@@ -243,16 +256,39 @@ class FolderSegmentation(builder_base.ArrayRecordBuilder):
         if sub and not path.is_file() and (scribble_dir / f"{name}.png"
                                            ).is_file():
           path = scribble_dir / f"{name}.png"
-        scribble_bytes, _ = builder_base.open_label(path, size)
+        scribble_bytes, strokes = builder_base.open_label(path, size)
+        if factor > 1:
+          scribble_bytes = builder_base.encode_png(
+              _nearest(strokes, mask.shape[::-1]))
       yield index, {"image": image_bytes, "mask": mask_bytes,
                    "scribbles": scribble_bytes, "name": name}
     if classes is None:
       self.info.metadata["num_classes"] = self._max_id + 1
 
 
+def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """``[H, W]`` uint8 labels resized to ``size`` (W, H), nearest."""
+  return np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
+
+
+def _reduce(pixels: np.ndarray, mask: np.ndarray, factor: int,
+            path: pathlib.Path) -> tuple[bytes, np.ndarray, bytes, np.ndarray]:
+  """The photo (box filter) and mask (nearest) at ``1 / factor`` size."""
+  height, width = mask.shape
+  size = (width // factor, height // factor)
+  if min(size) < 1:
+    raise ValueError(f"{path}: {width}x{height} is too small for "
+                     f"downscale={factor}")
+  image = Image.fromarray(pixels).resize(size, Image.BOX)
+  small = _nearest(mask, size)
+  return (builder_base.encode_png(image), np.asarray(image),
+          builder_base.encode_png(small), small)
+
+
 def prepare(root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
             name: str | None = None, scribble_set: str | None = None,
             splits: Sequence[str] | None = None, seed: int = 0,
+            downscale: int = 1,
             version: str | None = None) -> FolderSegmentation:
   """Builds (or finds already built) the dataset of ``root``.
 
@@ -264,6 +300,7 @@ def prepare(root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
     scribble_set: see :class:`FolderConfig`.
     splits: see :class:`FolderConfig`.
     seed: see :class:`FolderConfig`.
+    downscale: see :class:`FolderConfig`.
     version: the config's version (``"1.0.0"`` by default).
 
   Returns:
@@ -273,7 +310,8 @@ def prepare(root: str | pathlib.Path, data_dir: str | pathlib.Path, *,
   config = FolderConfig(
       name=name or root.resolve().name, version=version, root=str(root),
       scribble_set=scribble_set,
-      splits=None if splits is None else tuple(splits), seed=seed)
+      splits=None if splits is None else tuple(splits), seed=seed,
+      downscale=downscale)
   builder = FolderSegmentation(config=config, data_dir=str(data_dir))
   builder.download_and_prepare()
   return builder

@@ -9,7 +9,8 @@
 ``folder``             a local folder (``config.folder_root``) prepared by
                        :mod:`potts_jax.data.folder_builder` into
                        ``config.data_dir`` on first use (``config.dataset_config``
-                       names it, ``config.scribble_set`` picks its scribbles)
+                       names it, ``config.scribble_set`` picks its scribbles,
+                       ``config.folder_downscale`` shrinks it)
 ``voc_scribble``,      prepared TFDS builders (:mod:`~potts_jax.data.voc_builder`,
 ``cityscapes_block``,  :mod:`~potts_jax.data.block_builders`, read from
 ``ade20k_block``,      ``config.data_dir``; ``config.dataset_config`` is the
@@ -116,7 +117,8 @@ def open_sources(config: ml_collections.ConfigDict) -> Sources:
     builder = folder_builder.prepare(
         root, data_dir, name=config.dataset_config or None,
         scribble_set=config.get("scribble_set") or None,
-        seed=config.get("scribble_seed", 0))
+        seed=config.get("scribble_seed", 0),
+        downscale=config.get("folder_downscale", 1))
     prepared = {split: builder.as_data_source(split)
                 for split in builder.info.splits}
     return _from_prepared(prepared, config, f"folder {root}")

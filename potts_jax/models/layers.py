@@ -87,7 +87,8 @@ def conv(
   ``H' = floor((H + 2p - dilation (k - 1) - 1) / stride) + 1``.
   """
   pad = dilation * (kernel - 1) // 2
-  return nnx.Conv(
+  cls = DepthwiseConv if groups == in_ch == out_ch and groups > 1 else nnx.Conv
+  return cls(
       in_ch,
       out_ch,
       (kernel, kernel),
@@ -99,6 +100,60 @@ def conv(
       kernel_init=kernel_init,
       rngs=rngs,
   )
+
+
+class DepthwiseConv(nnx.Conv):
+  """A depthwise ``nnx.Conv`` that runs as a sum of shifted products on CPU.
+
+  Same parameters, state paths and result as ``nnx.Conv`` with
+  ``feature_group_count == in_features`` (tests/test_models.py). XLA:CPU's
+  grouped convolution, and above all its gradient, is several times slower
+  than ``sum_{dy, dx} w[dy, dx] * x[.. + dy, .. + dx]`` written out (9
+  strided slices for 3x3, fused elementwise), which is what this computes on
+  the CPU backend; other backends keep the library convolution.
+  """
+
+  def __call__(self, inputs: Array) -> Array:
+    if jax.default_backend() != "cpu" or inputs.ndim != 4:
+      return super().__call__(inputs)
+    out = shifted_depthwise(inputs, jnp.asarray(self.kernel[...], inputs.dtype),
+                            strides=self.strides, padding=self.padding,
+                            dilation=self.kernel_dilation)
+    if self.bias is not None:
+      out = out + jnp.asarray(self.bias[...], out.dtype)
+    return out
+
+
+def shifted_depthwise(inputs: Array, kernel: Array, *, strides, padding,
+                      dilation) -> Array:
+  """Depthwise convolution as a sum of strided, shifted products.
+
+  Args:
+    inputs: ``[B, H, W, C]``.
+    kernel: ``[kh, kw, 1, C]``.
+    strides, dilation: ``(sh, sw)``, ``(dh, dw)``.
+    padding: ``((top, bottom), (left, right))`` zeros.
+
+  Returns:
+    ``[B, H', W', C]``, ``H' = (H + top + bottom - dh (kh - 1) - 1) // sh + 1``.
+  """
+  (top, bottom), (left, right) = padding
+  x = jnp.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+  kh, kw = kernel.shape[:2]
+  (sh, sw), (dh, dw) = strides, dilation
+  batch, height, width, channels = x.shape
+  out_h = (height - dh * (kh - 1) - 1) // sh + 1
+  out_w = (width - dw * (kw - 1) - 1) // sw + 1
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      window = jax.lax.slice(
+          x, (0, i * dh, j * dw, 0),
+          (batch, i * dh + (out_h - 1) * sh + 1, j * dw + (out_w - 1) * sw + 1,
+           channels), (1, sh, sw, 1))
+      term = window * kernel[i, j, 0]
+      out = term if out is None else out + term
+  return out
 
 
 def batch_norm(

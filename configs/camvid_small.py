@@ -1,0 +1,123 @@
+r"""CamVid at 120x90 for a small-scale reproduction of Tables 3 and 4 on 2 CPUs.
+
+The real CamVid frames of ``../shared/data/camvid`` (367 train / 101 val /
+233 test, 11 classes, 255 void), stored at half their 240x180 size
+(``folder_downscale=2``: photo box-filtered, mask nearest) so that one
+stage-2 run takes minutes on 2 CPU cores; 120x90 still keeps every class
+(the thinnest, poles and sign-symbols, are 1-3 px wide at this size) and the
+4-NN grid still has long colour edges for the Potts term to follow. Scribbles
+are synthetic, drawn on the reduced masks
+(:func:`potts_jax.data.scribbles.skeleton_scribbles`: skeleton strokes per
+connected region, 3 px wide, cut to 3.0% of the class pixels, deterministic
+by ``scribble_seed``; 2.9% of all train pixels measured).
+
+Network: DeepLabV3+ (output stride 16) on the ImageNet MobileNetV2 converted
+by :mod:`potts_jax.pretrained` into ``weights/mobilenet_v2``, with a narrower
+decoder than the paper's (ASPP/decoder 64 channels, 24 low-level, instead of
+256 and 48). The paper's two stages scaled down: stage 1 pCE for
+``STAGE1_STEPS`` steps at lr 0.007, stage 2 for ``STAGE2_STEPS`` steps at
+lr 0.0007 from the stage-1 checkpoint (SGD momentum 0.9, weight decay 5e-4,
+poly 0.9, head lr x10), batch 8, crops of 73 px at scales 0.75-1.5, flips.
+eta, lambda and sigma_rgb were chosen once on val for soft SL with H_CCE +
+P_CD (``SELECTION`` below) and are fixed for every method.
+
+Run one piece (the sweep, ``launch/camvid_small.py``, runs them all)::
+
+  python -m potts_jax.main --config=configs/camvid_small.py:stage=1 \
+      --workdir=runs/camvid_small/seed0/stage1 --config.seed=0
+  python -m potts_jax.main \
+      --config=configs/camvid_small.py:stage=2,method=soft_sl,relaxation=cd \
+      --workdir=runs/camvid_small/seed0/soft_sl_cce_cd_nn4 \
+      --config.init_from=runs/camvid_small/seed0/stage1 --config.seed=0
+
+Variants: ``stage=1|2|full`` (``full``: every pixel labeled, one stage of
+``STAGE1_STEPS + STAGE2_STEPS`` steps from ImageNet, the upper bound),
+``method=``, ``relaxation=``, ``cross_entropy=``, ``neighborhood=`` (as
+:mod:`configs.voc`), ``solver=gd|adam`` and ``solver_steps=N`` (the y-solver,
+issue 8's comparison), ``eval=test|val``, ``runlocal``.
+
+Expected: see ``results/camvid_small/RESULTS.md`` (3 seeds per method).
+"""
+
+import pathlib
+
+import ml_collections
+
+from configs import common
+from configs import voc
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CAMVID = REPO.parent / "shared" / "data" / "camvid"
+NUM_CLASSES = 11
+STAGE1_STEPS = 400
+STAGE2_STEPS = 200
+SOLVERS = ("gd", "adam")
+# The one choice made on val (soft SL, H_CCE + P_CD, seed 0): see
+# results/camvid_small/selection.json.
+SELECTION = dict(eta=0.3, lam=6.0, sigma_rgb=9.0)
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+  arg = common.parse_arg(
+      arg, method="soft_sl", relaxation="cd", cross_entropy="cce",
+      neighborhood="nn4", stage="2", solver="gd", solver_steps=200,
+      eval="test", runlocal=False)
+  voc.check_choice("stage", arg.stage, ("1", "2", "full"))
+  voc.check_choice("eval", arg.eval, ("test", "val"))
+  voc.check_choice("solver", arg.solver, SOLVERS)
+  c = common.get_config()
+  c.lock()
+
+  c.dataset = "folder"
+  c.folder_root = str(CAMVID)
+  c.folder_downscale = 2
+  c.dataset_config = "camvid_synthetic_x2"
+  c.scribble_set = "synthetic"
+  c.num_classes = NUM_CLASSES
+  c.train_split = "train"
+  c.eval_split = arg.eval
+  c.crop_size = 73
+  c.scale_range = (0.75, 1.5)
+  c.flip = True
+  c.blur_prob = 0.5
+  c.eval_batch_size = 16
+
+  c.model.backbone = "mobilenet_v2"
+  c.model.width = 1.0
+  c.model.output_stride = 16
+  c.model.channels = 64
+  c.model.low_level_channels = 24
+  c.model.pretrained_dir = str(REPO / "weights" / "mobilenet_v2")
+
+  c.batch_size = 8
+  voc.set_loss(c, arg)
+  c.eta = SELECTION["eta"]
+  c.lam = SELECTION["lam"]
+  c.sigma_rgb = SELECTION["sigma_rgb"]
+  c.sigma_xy = 25.0  # VOC's 100 px scaled to 120x90 frames.
+  c.solver_steps = arg.solver_steps
+  c.solver_step_size = 0.075
+  c.solver_method = arg.solver
+
+  c.log_every = 25
+  c.checkpoint_every = 100
+  c.keep_checkpoints = 1
+  c.figure = True
+  if arg.stage == "1":
+    voc.set_stages(c, "1", "pce", voc.STAGE1_LR, voc.STAGE2_LR)
+    c.total_steps = STAGE1_STEPS
+    c.name = "camvid_small_stage1"
+  elif arg.stage == "full":
+    voc.set_stages(c, "1", "pce", voc.STAGE1_LR, voc.STAGE2_LR)
+    c.full_supervision = True
+    c.total_steps = STAGE1_STEPS + STAGE2_STEPS
+    c.name = "camvid_small_full"
+  else:
+    voc.set_stages(c, "2", arg.method, voc.STAGE1_LR, voc.STAGE2_LR)
+    c.total_steps = STAGE2_STEPS
+    c.name = (f"camvid_small_{arg.method}_{arg.cross_entropy}_"
+              f"{arg.relaxation}_{arg.neighborhood}")
+  if arg.runlocal:
+    voc.set_runlocal(c)
+    c.eval_split = "val"
+  return c

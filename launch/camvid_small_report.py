@@ -1,0 +1,229 @@
+r"""``results/camvid_small/RESULTS.md`` and its plots from the sweep's JSON files.
+
+Reads every ``results/camvid_small/<run>_seed<s>.json`` written by
+``launch/camvid_small.py`` and ``selection.json``, and writes:
+
+* ``RESULTS.md``: mean ± std (sample std over the seeds present) of test
+  mIoU per run, next to the paper's Table 3 / Table 4 numbers, and the
+  orderings read from those numbers. Nothing in it depends on the time or
+  the machine the script runs on: running it again on the same JSON files
+  gives the same bytes (tests/test_camvid_small.py checks it).
+* ``miou.png``: the same as a bar plot with the seeds as dots.
+* with ``--figure``: ``pseudo_labels.png``, the soft pseudo-labels of 4 test
+  frames under P_CD and P_BL (H_CCE, 4-NN, the selected eta, lambda,
+  sigma_rgb) from the seed-0 stage-1 network's logits, coloured by
+  :mod:`potts_jax.viz` (needs the sweep's stage-1 checkpoint).
+
+Usage::
+
+  python launch/camvid_small_report.py [--figure] [--root runs/camvid_small]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "camvid_small"
+sys.path.insert(0, str(REPO / "launch"))
+import camvid_small  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+#: run -> (what, the paper's val mIoU on VOC with MobileNetV2, or None).
+PAPER = {
+    "stage1": ("stage 1: pCE on scribbles", None),
+    "pce_continued": ("pCE continued for the stage-2 steps", None),
+    "soft_cce_cd": ("soft SL, H_CCE + P_CD", 71.2),
+    "gd_cd": ("GD on the regularised loss, P_CD", None),
+    "hard_sl_cd": ("hard SL (argmax of the P_CD solution)", None),
+    "soft_cce_bl": ("soft SL, H_CCE + P_BL", 67.2),
+    "soft_cce_q": ("soft SL, H_CCE + P_Q", 71.1),
+    "soft_cce_nq": ("soft SL, H_CCE + P_NQ", 71.1),
+    "soft_cce_cce": ("soft SL, H_CCE + P_CCE", 67.4),
+    "soft_cce_lq": ("soft SL, H_CCE + P_LQ", 71.2),
+    "gd_bl": ("GD on the regularised loss, P_BL", None),
+    "soft_ce_cd": ("soft SL, H_CE + P_CD", None),
+    "soft_rce_cd": ("soft SL, H_RCE + P_CD", None),
+    "soft_cce_q_dense": ("soft SL, H_CCE + dense P_Q", 67.9),
+    "soft_cce_cd_adam": ("soft SL, H_CCE + P_CD, 80 Adam solver steps", None),
+    "full": ("full supervision (upper bound)", None),
+}
+PAPER_TABLE4 = "Table 4 (NN): GD 67.0, hard SL 69.6, soft SL 71.1"
+
+
+def load() -> dict[str, dict[int, dict]]:
+  """``{run: {seed: record}}`` of the result files present."""
+  runs: dict[str, dict[int, dict]] = {}
+  for path in sorted(RESULTS.glob("*_seed*.json")):
+    with open(path) as f:
+      record = json.load(f)
+    runs.setdefault(record["run"], {})[int(record["seed"])] = record
+  return runs
+
+
+def stats(records: dict[int, dict]) -> tuple[float, float, list[float]]:
+  """Mean, sample std (0 for one seed) and per-seed test mIoU, in %."""
+  values = [100 * records[s]["test_miou"] for s in sorted(records)]
+  std = statistics.stdev(values) if len(values) > 1 else 0.0
+  return statistics.fmean(values), std, values
+
+
+def orderings(runs) -> list[str]:
+  """The issue's orderings, as measured (sentences built from the table)."""
+  have = {n: stats(r) for n, r in runs.items() if len(r) == len(
+      camvid_small.SEEDS)}
+  lines = []
+
+  def beats(a, b):
+    (ma, sa, _), (mb, sb, _) = have[a], have[b]
+    margin = max(sa, sb)
+    verdict = ("beats" if ma - mb > margin else
+               "does not beat" if ma <= mb else "is above, within noise of")
+    return (f"- `{a}` ({ma:.2f}) {verdict} `{b}` ({mb:.2f}): difference "
+            f"{ma - mb:+.2f}, larger seed std {margin:.2f}.")
+
+  for a, b in (("soft_cce_cd", "pce_continued"), ("soft_cce_cd", "gd_cd"),
+               ("soft_cce_cd", "hard_sl_cd"), ("hard_sl_cd", "gd_cd"),
+               ("soft_cce_cd", "stage1"), ("soft_cce_cd_adam", "soft_cce_cd"),
+               ("soft_cce_q", "soft_cce_q_dense")):
+    if a in have and b in have:
+      lines.append(beats(a, b))
+  relax = [n for n in ("soft_cce_bl", "soft_cce_q", "soft_cce_nq",
+                       "soft_cce_cce", "soft_cce_cd", "soft_cce_lq")
+           if n in have]
+  if len(relax) > 1:
+    ranked = sorted(relax, key=lambda n: -have[n][0])
+    lines.append("- Relaxations, best first (H_CCE, 4-NN): " + ", ".join(
+        f"{n[len('soft_cce_'):].upper()} {have[n][0]:.2f}" for n in ranked)
+                 + " (paper: CD = LQ 71.2 > Q = NQ 71.1 > CCE 67.4 > BL 67.2).")
+  ces = [n for n in ("soft_cce_cd", "soft_rce_cd", "soft_ce_cd") if n in have]
+  if len(ces) > 1:
+    lines.append("- Cross-entropies with P_CD, best first: " + ", ".join(
+        f"{n.split('_')[1].upper()} {have[n][0]:.2f}"
+        for n in sorted(ces, key=lambda n: -have[n][0]))
+                 + " (paper, Fig. 4 with P_Q: CCE > RCE > CE).")
+  if not lines:
+    lines.append("- No run has all its seeds yet.")
+  return lines
+
+
+def markdown(runs) -> str:
+  selection = json.loads((RESULTS / "selection.json").read_text()) if (
+      RESULTS / "selection.json").is_file() else None
+  out = ["# CamVid small-scale reproduction (Tables 3 and 4)", "",
+         "Written by `python launch/camvid_small_report.py` from the JSON "
+         "files beside it; do not edit by hand. Runs: "
+         "`python launch/camvid_small.py run` (configs/camvid_small.py: "
+         "CamVid frames at 120x90, 3% synthetic skeleton scribbles, "
+         "DeepLabV3+ on ImageNet MobileNetV2 with a 64-channel decoder, "
+         "stage 1 pCE then stage 2 from it). Test mIoU (233 frames, 11 "
+         "classes, full image) in %, mean ± sample std over the seeds done; "
+         "the paper's numbers are VOC val mIoU with MobileNetV2 (Table 3 "
+         "full-length scribbles, Table 4), for the ordering, not the level.",
+         ""]
+  if selection is not None:
+    chosen = selection["chosen"]
+    out += [f"Chosen once on val (seed-0 stage 1; {selection['rule']}): "
+            f"eta {chosen['eta']:g}, lambda {chosen['lam']:g}, sigma_rgb "
+            f"{chosen['sigma_rgb']:g}; labeled fraction of the train pixels "
+            f"{100 * selection['train_labeled_fraction']:.2f}%.", ""]
+  out += ["| run | what | paper | seeds | test mIoU | per seed | wall / run |",
+          "|---|---|---|---|---|---|---|"]
+  for name in camvid_small.RUNS:
+    what, paper = PAPER[name]
+    records = runs.get(name, {})
+    if records:
+      mean, std, values = stats(records)
+      wall = statistics.fmean(r["wall_seconds"] for r in records.values())
+      cells = (f"{mean:.2f} ± {std:.2f}", " / ".join(f"{v:.2f}"
+                                                      for v in values),
+               f"{wall / 60:.1f} min")
+    else:
+      cells = ("not run yet", "", "")
+    out.append(f"| `{name}` | {what} | "
+               f"{'' if paper is None else f'{paper:.1f}'} | "
+               f"{','.join(map(str, sorted(records)))} | " + " | ".join(cells)
+               + " |")
+  out += ["", f"Paper {PAPER_TABLE4}; DN: GD 69.5, hard SL 63.1, soft SL "
+          "67.9.", "", "## Orderings, as measured", ""] + orderings(runs)
+  out += ["", "![test mIoU per run](miou.png)", "",
+          "![pseudo-labels under P_CD and P_BL](pseudo_labels.png)", ""]
+  return "\n".join(out)
+
+
+def bar_plot(runs, path: pathlib.Path) -> None:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  names = [n for n in camvid_small.RUNS if n in runs]
+  fig = Figure(figsize=(8, 3.6))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
+  for i, name in enumerate(names):
+    mean, std, values = stats(runs[name])
+    ax.bar(i, mean, yerr=std, color="tab:blue" if name.startswith("soft")
+           else "tab:gray", capsize=3)
+    ax.plot([i] * len(values), values, "k.", markersize=4)
+  ax.set_xticks(range(len(names)), names, rotation=60, ha="right",
+                fontsize=7)
+  ax.set_ylabel("test mIoU (%)")
+  if names:
+    low = min(min(stats(runs[n])[2]) for n in names)
+    ax.set_ylim(max(0.0, low - 5), None)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110, metadata={"Software": None})
+
+
+def pseudo_label_figure(root: str, path: pathlib.Path) -> None:
+  """4 test frames: soft labels under P_CD and P_BL from stage-1 logits."""
+  sys.path.insert(0, str(REPO))
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import camvid_small as config_lib  # pylint: disable=g-import-not-at-top
+  from potts_jax import checkpointing, solver, steps, train, viz  # pylint: disable=g-import-not-at-top
+  from potts_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  config = config_lib.get_config("stage=2")
+  config.unlock()
+  config.data_dir = str(pathlib.Path(root).resolve() / "tfds")
+  chosen = json.loads((RESULTS / "selection.json").read_text())["chosen"]
+  data = sources.open_sources(config)
+  model = train.build_model(config, data.num_classes)
+  checkpointing.restore_model(pathlib.Path(root) / "seed0" / "stage1", model)
+  model.eval()
+  picks = np.linspace(0, len(data.eval) - 1, 4).astype(int)
+  examples = [pipeline.read_example(data.eval[int(i)]) for i in picks]
+  image = jnp.asarray(np.stack([e["image"] for e in examples]), jnp.float32)
+  scribbles = jnp.asarray(np.stack([e["scribbles"] for e in examples]),
+                          jnp.int32)
+  logits = model(steps.normalize(image))
+  ys = {r.upper(): solver.solve(logits, image, scribbles, relaxation=r,
+                                cross_entropy="cce", **chosen)
+        for r in ("cd", "bl")}
+  colours = viz.palette(data.num_classes)
+  for i, example in enumerate(examples):
+    fig = viz.soft_label_figure(
+        {f"P_{k}": np.asarray(y[i]) for k, y in ys.items()},
+        image=example["image"], scribbles=example["scribbles"],
+        mask=example["mask"], colours=colours, title=example["name"])
+    viz.save_figure(fig, str(path.with_name(f"{path.stem}_{i}.png")))
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--figure", action="store_true")
+  parser.add_argument("--root", default="runs/camvid_small")
+  args = parser.parse_args(argv)
+  runs = load()
+  (RESULTS / "RESULTS.md").write_text(markdown(runs))
+  bar_plot(runs, RESULTS / "miou.png")
+  if args.figure:
+    pseudo_label_figure(args.root, RESULTS / "pseudo_labels.png")
+  print(f"wrote {RESULTS / 'RESULTS.md'} ({sum(map(len, runs.values()))} "
+        "runs)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
