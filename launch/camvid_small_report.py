@@ -54,10 +54,10 @@ PAPER = {
 PAPER_TABLE4 = "Table 4 (NN): GD 67.0, hard SL 69.6, soft SL 71.1"
 
 
-def load() -> dict[str, dict[int, dict]]:
-  """``{run: {seed: record}}`` of the result files present."""
+def load(results: pathlib.Path = RESULTS) -> dict[str, dict[int, dict]]:
+  """``{run: {seed: record}}`` of the result files in ``results``."""
   runs: dict[str, dict[int, dict]] = {}
-  for path in sorted(RESULTS.glob("*_seed*.json")):
+  for path in sorted(results.glob("*_seed*.json")):
     with open(path) as f:
       record = json.load(f)
     runs.setdefault(record["run"], {})[int(record["seed"])] = record
@@ -110,9 +110,10 @@ def orderings(runs) -> list[str]:
   return lines
 
 
-def markdown(runs) -> str:
-  selection = json.loads((RESULTS / "selection.json").read_text()) if (
-      RESULTS / "selection.json").is_file() else None
+def markdown(runs, results: pathlib.Path = RESULTS) -> str:
+  """The text of ``RESULTS.md`` (module docstring)."""
+  selection = json.loads((results / "selection.json").read_text()) if (
+      results / "selection.json").is_file() else None
   out = ["# CamVid small-scale reproduction (Tables 3 and 4)", "",
          "Written by `python launch/camvid_small_report.py` from the JSON "
          "files beside it; do not edit by hand. Runs: "
@@ -184,6 +185,8 @@ def pseudo_label_figure(root: str, path: pathlib.Path) -> None:
   from configs import camvid_small as config_lib  # pylint: disable=g-import-not-at-top
   from potts_jax import checkpointing, solver, steps, train, viz  # pylint: disable=g-import-not-at-top
   from potts_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   config = config_lib.get_config("stage=2")
   config.unlock()
   config.data_dir = str(pathlib.Path(root).resolve() / "tfds")
@@ -202,25 +205,47 @@ def pseudo_label_figure(root: str, path: pathlib.Path) -> None:
                                 cross_entropy="cce", **chosen)
         for r in ("cd", "bl")}
   colours = viz.palette(data.num_classes)
-  for i, example in enumerate(examples):
-    fig = viz.soft_label_figure(
-        {f"P_{k}": np.asarray(y[i]) for k, y in ys.items()},
-        image=example["image"], scribbles=example["scribbles"],
-        mask=example["mask"], colours=colours, title=example["name"])
-    viz.save_figure(fig, str(path.with_name(f"{path.stem}_{i}.png")))
+  columns = ["image + scribbles", "ground truth"] + [
+      f"{kind} P_{k}" for k in ys for kind in ("y", "entropy")]
+  fig = Figure(figsize=(1.9 * len(columns), 1.6 * len(examples)))
+  FigureCanvasAgg(fig)
+  axes = fig.subplots(len(examples), len(columns), squeeze=False)
+  for i, (row, example) in enumerate(zip(axes, examples)):
+    panels = [viz.overlay_labels(example["image"], example["scribbles"],
+                                 colours),
+              viz.overlay_labels(example["image"], example["mask"], colours)]
+    for k, y in ys.items():
+      soft = np.asarray(y[i])
+      panels += [viz.colorize(soft, colours), viz.entropy(soft)]
+    for ax, panel, name in zip(row, panels, columns):
+      if panel.ndim == 2:
+        ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
+      else:
+        ax.imshow(panel)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title(name, fontsize=8)
+  fig.suptitle("CamVid test frames: soft pseudo-labels from the seed-0 "
+               "stage-1 logits (H_CCE, 4-NN; entropy 0 black, 1 white)",
+               fontsize=9)
+  fig.tight_layout()
+  viz.save_figure(fig, str(path))
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--figure", action="store_true")
   parser.add_argument("--root", default="runs/camvid_small")
+  parser.add_argument("--results", default=str(RESULTS))
   args = parser.parse_args(argv)
-  runs = load()
-  (RESULTS / "RESULTS.md").write_text(markdown(runs))
-  bar_plot(runs, RESULTS / "miou.png")
+  results = pathlib.Path(args.results)
+  runs = load(results)
+  (results / "RESULTS.md").write_text(markdown(runs, results))
+  bar_plot(runs, results / "miou.png")
   if args.figure:
-    pseudo_label_figure(args.root, RESULTS / "pseudo_labels.png")
-  print(f"wrote {RESULTS / 'RESULTS.md'} ({sum(map(len, runs.values()))} "
+    pseudo_label_figure(args.root, results / "pseudo_labels.png")
+  print(f"wrote {results / 'RESULTS.md'} ({sum(map(len, runs.values()))} "
         "runs)")
   return 0
 

@@ -294,3 +294,53 @@ def test_grey_image_and_palette_mask_are_converted(tmp_path):
   np.testing.assert_array_equal(example["image"],
                                 np.repeat(grey[..., None], 3, axis=-1))
   np.testing.assert_array_equal(example["mask"][..., 0], mask)
+
+
+def test_downscale_stores_reduced_examples(shared_data, tmp_path):
+  # Independent reduction: the mean of each 2x2 block (PIL's box filter is
+  # exactly that for an even factor) and the block's lower-right-of-centre
+  # pixel for labels (nearest neighbour at a half-pixel offset).
+  scribbles_lib = pytest.importorskip("potts_jax.data.scribbles")
+  root = tmp_path / "camvid"
+  _mini_camvid(shared_data, root, counts=(("train", 2),))
+  builder = folder_builder.prepare(root, tmp_path / "tfds", name="small",
+                                   downscale=2)
+  source = builder.as_data_source("train")
+  for i, name in enumerate((root / "train.txt").read_text().split()):
+    example = source[i]
+    photo = _pil(root / "images" / "train" / f"{name}.jpg").astype(np.float64)
+    mask = _pil(root / "masks" / "train" / f"{name}.png")
+    h, w = mask.shape[0] // 2, mask.shape[1] // 2
+    assert example["image"].shape == (h, w, 3)
+    blocks = photo[:2 * h, :2 * w].reshape(h, 2, w, 2, 3).mean(axis=(1, 3))
+    assert np.abs(example["image"] - blocks).max() <= 1.0  # uint8 rounding
+    np.testing.assert_array_equal(example["mask"][..., 0],
+                                  mask[1:2 * h:2, 1:2 * w:2])
+    strokes = example["scribbles"][..., 0]
+    np.testing.assert_array_equal(strokes, scribbles_lib.skeleton_scribbles(
+        mask[1:2 * h:2, 1:2 * w:2],
+        seed=folder_builder._synthetic_seed(0, name)))  # pylint: disable=protected-access
+
+
+def test_downscale_reduces_given_scribbles_and_rejects_bad_factors(tmp_path):
+  root = tmp_path / "tiny"
+  (root / "images").mkdir(parents=True)
+  (root / "masks").mkdir()
+  (root / "scribbles").mkdir()
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (6, 8, 3), np.uint8)).save(
+      root / "images" / "a.png")
+  labels = rng.integers(0, 3, (6, 8)).astype(np.uint8)
+  Image.fromarray(labels).save(root / "masks" / "a.png")
+  strokes = np.where(rng.random((6, 8)) < 0.5, labels, 255).astype(np.uint8)
+  Image.fromarray(strokes).save(root / "scribbles" / "a.png")
+  builder = folder_builder.prepare(root, tmp_path / "tfds", name="tiny2",
+                                   downscale=2)
+  example = builder.as_data_source("train")[0]
+  np.testing.assert_array_equal(example["scribbles"][..., 0],
+                                strokes[1::2, 1::2])
+  for factor, match in ((0, "downscale=0"), (1.5, "downscale=1.5"),
+                        (7, "too small for downscale=7")):
+    with pytest.raises(ValueError, match=match):
+      folder_builder.prepare(root, tmp_path / f"bad{factor}", name="bad",
+                             downscale=factor)
