@@ -95,6 +95,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   c.lam = SELECTION["lam"]
   c.sigma_rgb = SELECTION["sigma_rgb"]
   c.sigma_xy = 25.0  # VOC's 100 px scaled to 120x90 frames.
+  c.dense_scale_factor = 0.5  # neighborhood=dense filters at 60x45
   c.solver_steps = arg.solver_steps
   c.solver_step_size = 0.075
   c.solver_method = arg.solver

@@ -78,7 +78,7 @@ def test_solver_method_options():
   assert "method" not in steps.solver_options(camvid_small.get_config(""))
   dense = camvid_small.get_config("neighborhood=dense")
   assert steps.solver_options(dense)["sigma_xy"] == 25.0
-  assert steps.solver_options(dense)["scale_factor"] == 1.0
+  assert steps.solver_options(dense)["scale_factor"] == 0.5
 
 
 def test_plan_runs_the_core_comparison_first():
@@ -87,9 +87,9 @@ def test_plan_runs_the_core_comparison_first():
   assert len(set(todo)) == len(todo)
   core = len(sweep.CORE) * len(sweep.SEEDS)
   assert {n for _, n in todo[:core]} == set(sweep.CORE)
-  for seed in sweep.SEEDS:  # Stage 1 before every run of its seed.
-    names = [n for s, n in todo if s == seed]
-    assert names[0] == "stage1"
+  assert todo[:3] == [(s, "stage1") for s in sweep.SEEDS]
+  # Every run for all seeds before the next run.
+  assert [n for _, n in todo[::3]] == list(sweep.RUNS)
   assert sweep.plan([1], {"gd_cd"}) == [(1, "gd_cd")]
 
 
