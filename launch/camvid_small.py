@@ -87,6 +87,7 @@ RUNS = {
                          "relaxation=q,neighborhood=dense,solver=adam,"
                          "solver_steps=50"),
 }
+WALL_EVERY = 30  # seconds between updates of a run's sweep_wall.json
 CORE = ("stage1", "pce_continued", "soft_cce_cd", "gd_cd", "hard_sl_cd")
 
 #: The val grid of ``select``.
@@ -152,12 +153,19 @@ def run_one(args, seed: int, name: str) -> bool:
   cmd = command(args, seed, name)
   print(f"[{time.strftime('%H:%M:%S')}] seed {seed} {name}: "
         + " ".join(cmd[1:]), flush=True)
-  start = time.time()
+  start, before = time.time(), wall["seconds"]
+  wall["sittings"] += 1
   with open(workdir / "sweep.log", "a") as log:
-    code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-  wall = {"seconds": wall["seconds"] + time.time() - start,
-          "sittings": wall["sittings"] + 1}
-  _write_json(wall_file, wall)
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=log,
+                               stderr=subprocess.STDOUT)
+    code = None
+    while code is None:  # The wall time is on disk within WALL_EVERY s.
+      try:
+        code = process.wait(timeout=WALL_EVERY)
+      except subprocess.TimeoutExpired:
+        pass
+      wall["seconds"] = before + time.time() - start
+      _write_json(wall_file, wall)
   metrics_file = workdir / "metrics.json"
   if code != 0 or not metrics_file.is_file():
     print(f"  failed or stopped (exit {code}); see {workdir / 'sweep.log'}",

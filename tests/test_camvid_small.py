@@ -114,8 +114,16 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
   monkeypatch.setattr(sweep, "RESULTS", tmp_path)
   (tmp_path / "gd_cd_seed1.json").write_text("{}")
   calls = []
-  monkeypatch.setattr(sweep.subprocess, "call",
-                      lambda *a, **k: calls.append(a) or 0)
+
+  class Process:
+
+    def __init__(self, *args, **kwargs):
+      calls.append(args)
+
+    def wait(self, timeout):
+      return 0
+
+  monkeypatch.setattr(sweep.subprocess, "Popen", Process)
   args = type("Args", (), {"root": str(tmp_path), "data_dir": "/d"})()
   assert sweep.run_one(args, 1, "gd_cd") and not calls
   # A run that stops without a final metrics.json is not recorded.
