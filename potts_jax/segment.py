@@ -26,30 +26,32 @@ The solver (:func:`potts_jax.solver.solve`) then minimises
 ``E(y) = η Σ H(σ_i, y_i) + λ Σ w_ij P(y_i, y_j)`` with the scribbles fixed;
 the mask is ``argmax y``. The defaults (:data:`DEFAULTS`: H_CCE + P_CD,
 8-NN, η 1, λ 150, σ_rgb 20, histogram 16³ bins blurred by 0.5 bin, 200 Adam
-steps of 0.1) were chosen by a small sweep on 13 GrabCut set-1 photos at
-240 px (so the GrabCut numbers are not held out; benchmarks/RESULTS.md); the
+steps of 0.1) were chosen by a small sweep on the 13 GrabCut photos of
+:data:`potts_jax.segment_benchmark.TUNING_NAMES` (set 1, 240 px; the other
+37 are held out, benchmarks/RESULTS.md); the
 network defaults of the paper (η 0.3, λ 6, σ_rgb 9) are far too weak a Potts
 term for a colour-histogram unary. Writes ``--out`` (PNG, class ids), ``*_soft.png``
 next to it (:func:`potts_jax.viz.colorize` of ``y``) and prints one JSON line
 with the energy.
 
-``--benchmark DIR`` runs over a folder in the layout of ``shared/data/grabcut``
-(``--set`` set1 or set2) and compares, per image, this solver, scikit-image's
-``random_walker`` (β = 130, same scribbles) and the graph cut
-(:func:`potts_jax.graphcut.solve`, same scribbles, affinities and unary):
-error rate (% of pixels with mask ≠ 255 mislabelled, at the mask's full
-resolution; predictions made at ``--max_size`` are upsampled nearest), IoU of
-the foreground (class 1) and wall time. One JSON line per image and method,
-one per method overall, and a markdown table to ``--table``.
+``--benchmark DIR`` runs :func:`potts_jax.segment_benchmark.benchmark` over
+a folder in the layout of ``shared/data/grabcut`` (``--set`` set1 or set2;
+``--names tuning|heldout|FILE`` and ``--exclude FILE`` choose the photos) and
+compares, per image, this solver, scikit-image's ``random_walker`` (β = 130,
+same scribbles) and the graph cut (:func:`potts_jax.graphcut.solve`, same
+scribbles, affinities and unary): error rate (% of pixels with mask ≠ 255
+mislabelled, at the mask's full resolution; predictions made at
+``--max_size`` are upsampled nearest), IoU of the foreground (class 1) and
+wall time. One JSON line per image and method (also to ``--jsonl``), one per
+method over all and over the held-out photos, and markdown tables to
+``--table``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import sys
-import time
 
 from absl import app
 from absl import flags
@@ -64,14 +66,13 @@ from potts_jax import viz
 from potts_jax import xla_flags
 
 UNARIES = ("histogram", "gaussian", "uniform")
-METHODS = ("ours", "random_walker", "graphcut")
 #: Largest number of classes a scribble file may name (ids 0..MAX_CLASSES-1).
 MAX_CLASSES = 64
 
 DEFAULTS = dict(unary="histogram", bins=16, hist_blur=0.5, bandwidth=30.0,
                 relaxation="cd", cross_entropy="cce", neighborhood="nn8",
-                eta=1.0, lam=150.0, sigma_rgb=20.0, num_steps=200,
-                method="adam", step_size=0.075, adam_lr=0.1)
+                eta=1.0, lam=150.0, sigma_rgb=20.0, sigma_xy=100.0,
+                num_steps=200, method="adam", step_size=0.075, adam_lr=0.1)
 
 
 def read_image(path: str) -> np.ndarray:
@@ -176,7 +177,7 @@ def _solver_options(options):
   """Keyword arguments of :func:`solver.solve` from the segment options."""
   opts = {k: options[k] for k in ("relaxation", "cross_entropy",
                                   "neighborhood", "eta", "lam", "sigma_rgb",
-                                  "num_steps")}
+                                  "sigma_xy", "num_steps")}
   if options["method"] == "adam":
     import optax  # pylint: disable=g-import-not-at-top
     opts.update(method="optax", optimizer=_adam(options["adam_lr"]))
@@ -227,135 +228,6 @@ def write_outputs(out: str, y: np.ndarray, mask: np.ndarray) -> str:
   return soft
 
 
-# --- benchmark ---------------------------------------------------------------
-
-
-def error_and_iou(pred: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
-  """% mislabelled pixels with ``mask != 255`` and the foreground IoU."""
-  valid = mask != label_codes.UNLABELED
-  err = 100.0 * float((pred[valid] != mask[valid]).mean())
-  p, t = (pred == 1) & valid, (mask == 1) & valid
-  union = (p | t).sum()
-  return err, float((p & t).sum() / union) if union else 1.0
-
-
-def _pad(image, scribbles, multiple=64):
-  """Pads to a multiple of ``multiple`` (labels 254: in no term) so that
-  images of similar sizes share one compilation."""
-  h, w = scribbles.shape
-  ph, pw = -h % multiple, -w % multiple
-  image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
-  scribbles = np.pad(scribbles, ((0, ph), (0, pw)),
-                     constant_values=label_codes.PADDING)
-  return image, scribbles
-
-
-def _random_walker(image, scribbles):
-  from skimage.segmentation import random_walker  # pylint: disable=g-import-not-at-top
-  markers = np.where(scribbles == label_codes.UNLABELED, 0, scribbles + 1)
-  return random_walker(image / 255.0, markers, beta=130, mode="cg_j",
-                       channel_axis=-1).astype(np.int32) - 1
-
-
-def _predict(method, image, scribbles, options):
-  h, w = scribbles.shape
-  if method == "random_walker":
-    return _random_walker(image, scribbles)
-  pimage, pscrib = _pad(image, scribbles)
-  if method == "ours":
-    return segment(pimage, pscrib, 2, **options)[1][:h, :w]
-  from potts_jax import graphcut  # pylint: disable=g-import-not-at-top
-  options = dict(DEFAULTS, **options)
-  logits = unary_logits(pimage, pscrib, 2, **options)
-  assignment, _ = graphcut.solve(
-      logits[None], pimage[None], pscrib[None], eta=options["eta"],
-      lam=options["lam"], sigma_rgb=options["sigma_rgb"],
-      neighborhood=options["neighborhood"])
-  return assignment[0, :h, :w]
-
-
-def benchmark(root, scribble_set="set1", *, max_size=None, limit=None,
-              methods=METHODS, mask_dir=None, table=None, **options):
-  """Runs the GrabCut-layout benchmark; returns the per-image rows.
-
-  Args:
-    root: dataset folder (``images/``, ``masks/``, ``scribbles/<set>/``).
-    scribble_set: ``set1`` or ``set2``.
-    max_size: downscale so that the long side is at most this (labels
-      nearest); errors are measured at full resolution.
-    limit: first ``limit`` images only.
-    methods: subset of :data:`METHODS`.
-    mask_dir: if set, writes ``mask_dir/<method>/<name>.png`` (full size).
-    table: if set, writes the markdown table there.
-    **options: segment options (:data:`DEFAULTS`).
-
-  Returns:
-    list of dicts (name, method, error, iou, seconds).
-  """
-  from potts_jax.data import folder  # pylint: disable=g-import-not-at-top
-  names = folder.names(root)[:limit]
-  rows = []
-  for name in names:
-    full = folder.load_example(root, name, scribble_set=scribble_set)
-    h, w = full.mask.shape
-    ex = full if max_size is None or max(h, w) <= max_size else (
-        folder.load_example(root, name, scribble_set=scribble_set,
-                            long_side=max_size))
-    for method in methods:
-      start = time.perf_counter()
-      pred = _predict(method, ex.image, ex.scribbles, options)
-      seconds = time.perf_counter() - start
-      pred = np.asarray(Image.fromarray(pred.astype(np.uint8)).resize(
-          (w, h), Image.NEAREST), np.int32)
-      err, iou = error_and_iou(pred, full.mask)
-      row = dict(name=name, set=scribble_set, method=method, size=f"{w}x{h}",
-                 solved_at=f"{ex.mask.shape[1]}x{ex.mask.shape[0]}",
-                 error=round(err, 4), iou=round(iou, 4),
-                 seconds=round(seconds, 3))
-      print(json.dumps(row), flush=True)
-      rows.append(row)
-      if mask_dir:
-        os.makedirs(os.path.join(mask_dir, method), exist_ok=True)
-        Image.fromarray(pred.astype(np.uint8), "L").save(
-            os.path.join(mask_dir, method, f"{name}.png"))
-  summary = summarize(rows, methods)
-  for s in summary:
-    print(json.dumps(dict(s, set=scribble_set, images=len(names))), flush=True)
-  if table:
-    pathlib.Path(table).write_text(markdown_table(rows, summary, methods))
-  return rows
-
-
-def summarize(rows, methods):
-  """Mean error %, mean foreground IoU and mean seconds per method."""
-  out = []
-  for m in methods:
-    r = [x for x in rows if x["method"] == m]
-    out.append(dict(method=m, mean_error=round(np.mean([x["error"] for x in r]), 3),
-                    mean_iou=round(np.mean([x["iou"] for x in r]), 4),
-                    mean_seconds=round(np.mean([x["seconds"] for x in r]), 3)))
-  return out
-
-
-def markdown_table(rows, summary, methods):
-  """Per-image rows (error % / IoU / s per method) and the mean row."""
-  head = "| image | size | " + " | ".join(
-      f"{m} err % | {m} IoU | {m} s" for m in methods) + " |\n"
-  head += "|---|---|" + "---:|" * (3 * len(methods)) + "\n"
-  by_name = {}
-  for r in rows:
-    by_name.setdefault(r["name"], {})[r["method"]] = r
-  lines = []
-  for name, rs in by_name.items():
-    first = next(iter(rs.values()))
-    cells = " | ".join(f"{rs[m]['error']:.2f} | {rs[m]['iou']:.3f} | "
-                       f"{rs[m]['seconds']:.2f}" for m in methods)
-    lines.append(f"| {name} | {first['size']} | {cells} |\n")
-  mean = " | ".join(f"**{s['mean_error']:.2f}** | **{s['mean_iou']:.3f}** | "
-                    f"{s['mean_seconds']:.2f}" for s in summary)
-  return head + "".join(lines) + f"| **mean** | | {mean} |\n"
-
-
 # --- command line ------------------------------------------------------------
 
 
@@ -374,11 +246,14 @@ def _define_flags():
   f.DEFINE_float("bandwidth", DEFAULTS["bandwidth"], "Gaussian unary width.")
   f.DEFINE_string("relaxation", DEFAULTS["relaxation"], "Potts relaxation.")
   f.DEFINE_string("cross_entropy", DEFAULTS["cross_entropy"], "H(σ, y).")
-  f.DEFINE_enum("neighborhood", DEFAULTS["neighborhood"], ["nn4", "nn8"],
-                "Grid neighbourhood.")
+  f.DEFINE_enum("neighborhood", DEFAULTS["neighborhood"],
+                ["nn4", "nn8", "dense"], "Neighbourhood (dense: relaxation "
+                "bl or q, a far smaller --lam; not for the graph cut).")
   f.DEFINE_float("eta", DEFAULTS["eta"], "Weight η of the unary term.")
   f.DEFINE_float("lam", DEFAULTS["lam"], "Weight λ of the Potts term.")
   f.DEFINE_float("sigma_rgb", DEFAULTS["sigma_rgb"], "Affinity σ_rgb.")
+  f.DEFINE_float("sigma_xy", DEFAULTS["sigma_xy"],
+                 "Spatial σ_xy (pixels) of --neighborhood=dense.")
   f.DEFINE_integer("num_steps", DEFAULTS["num_steps"], "Solver steps.")
   f.DEFINE_enum("method", DEFAULTS["method"],
                 ["adam", "gd", "mirror", "mirror_momentum"],
@@ -390,9 +265,37 @@ def _define_flags():
   f.DEFINE_enum("set", "set1", ["set1", "set2"], "Scribble set (benchmark).")
   f.DEFINE_integer("max_size", None, "Benchmark: downscale the long side.")
   f.DEFINE_integer("limit", None, "Benchmark: first N images.")
-  f.DEFINE_list("methods", list(METHODS), "Benchmark: methods compared.")
+  f.DEFINE_string("names", None, "Benchmark: only these photos: 'tuning', "
+                  "'heldout' or a file with one name a line.")
+  f.DEFINE_string("exclude", None, "Benchmark: leave out the photos named in "
+                  "this file (one a line), or 'tuning'.")
+  f.DEFINE_list("methods", ["ours", "random_walker", "graphcut"],
+                "Benchmark: methods compared.")
   f.DEFINE_string("table", None, "Benchmark: markdown table file.")
+  f.DEFINE_string("jsonl", None, "Benchmark: per-image JSON lines file.")
   f.DEFINE_string("mask_dir", None, "Benchmark: write masks here.")
+
+
+def _run_benchmark(fv, options):
+  """``--benchmark``: :func:`potts_jax.segment_benchmark.benchmark`."""
+  from potts_jax import segment_benchmark as bench  # pylint: disable=g-import-not-at-top
+  from potts_jax.data import folder  # pylint: disable=g-import-not-at-top
+  try:
+    available = folder.names(fv.benchmark)
+    names = (bench.heldout_names(available) if fv.names == "heldout" else
+             bench.read_names(fv.names) if fv.names else None)
+    exclude = bench.read_names(fv.exclude) if fv.exclude else None
+    names = bench.select_names(available, names, exclude)
+    unknown = set(fv.methods) - set(bench.METHODS)
+    if unknown:
+      raise ValueError(f"--methods: unknown {sorted(unknown)}; known "
+                       f"{bench.METHODS}")
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"error: {e}")
+  bench.benchmark(fv.benchmark, fv.set, max_size=fv.max_size, limit=fv.limit,
+                  names=names, methods=tuple(fv.methods),
+                  mask_dir=fv.mask_dir, table=fv.table, jsonl=fv.jsonl,
+                  **options)
 
 
 def main(argv):
@@ -402,12 +305,7 @@ def main(argv):
   fv = flags.FLAGS
   options = {k: fv[k].value for k in DEFAULTS}
   if fv.benchmark:
-    unknown = set(fv.methods) - set(METHODS)
-    if unknown:
-      raise app.UsageError(f"--methods: unknown {sorted(unknown)}")
-    benchmark(fv.benchmark, fv.set, max_size=fv.max_size, limit=fv.limit,
-              methods=tuple(fv.methods), mask_dir=fv.mask_dir, table=fv.table,
-              **options)
+    _run_benchmark(fv, options)
     return
   if not fv.image or not fv.scribbles:
     raise app.UsageError("give --image and --scribbles (or --benchmark DIR)")

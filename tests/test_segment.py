@@ -11,6 +11,8 @@ from PIL import Image
 import pytest
 
 from potts_jax import segment
+from potts_jax import segment_benchmark as bench
+from potts_jax import solver
 from potts_jax.data import folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "grabcut"
@@ -136,22 +138,35 @@ def test_cli_bad_input_exits_with_message(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-def test_benchmark_table_matches_numpy(tmp_path):
+def _small_copy(tmp_path, names, long_side=120):
+  """A GrabCut-layout copy of ``names`` (set 1) at ``long_side`` pixels."""
   data = tmp_path / "grabcut"
-  names = folder.names(ROOT)[:2]
   for sub in ("images", "masks", "scribbles/set1"):
     (data / sub).mkdir(parents=True)
-  for name in names:  # a small copy: full resolution here is 120 px.
-    ex = folder.load_example(ROOT, name, scribble_set="set1", long_side=120)
+  for name in names:
+    ex = folder.load_example(ROOT, name, scribble_set="set1",
+                             long_side=long_side)
     Image.fromarray(ex.image.astype(np.uint8)).save(data / "images" / f"{name}.png")
     for sub, arr in (("masks", ex.mask), ("scribbles/set1", ex.scribbles)):
       Image.fromarray(arr.astype(np.uint8), "L").save(data / sub / f"{name}.png")
-  table = tmp_path / "table.md"
-  rows = segment.benchmark(str(data), "set1", max_size=80, num_steps=40,
-                           mask_dir=str(tmp_path / "masks"), table=str(table))
+  return data
+
+
+def test_benchmark_table_matches_numpy(tmp_path):
+  names = folder.names(ROOT)[:3]  # 106024 is a tuning photo, the others not.
+  assert names[0] in bench.TUNING_NAMES and names[1] not in bench.TUNING_NAMES
+  data = _small_copy(tmp_path, names)  # full resolution here is 120 px.
+  table, jsonl = tmp_path / "table.md", tmp_path / "rows.jsonl"
+  rows = bench.benchmark(str(data), "set1", max_size=80, num_steps=40,
+                         exclude=[names[2]], mask_dir=str(tmp_path / "masks"),
+                         table=str(table), jsonl=str(jsonl))
+  names = names[:2]
   text = table.read_text()
-  assert len(rows) == 2 * len(segment.METHODS)
-  for method in segment.METHODS:
+  assert len(rows) == 2 * len(bench.METHODS)
+  meta, read_back = bench.read_jsonl(jsonl)
+  assert read_back == rows and meta["options"]["lam"] == 150.0
+  assert meta["cpu_count"] == os.cpu_count() and meta["jax"]
+  for method in bench.METHODS:
     errors = []
     for name in names:
       pred = np.asarray(Image.open(tmp_path / "masks" / method / f"{name}.png"))
@@ -162,9 +177,82 @@ def test_benchmark_table_matches_numpy(tmp_path):
                     / np.count_nonzero(keep))
       row = next(r for r in rows if r["name"] == name and r["method"] == method)
       assert row["error"] == pytest.approx(errors[-1], abs=1e-3)
-      assert f"| {name} |" in text
-    assert f"**{np.mean(errors):.2f}**" in text
-  assert text.count("\n") == 2 + len(names) + 1
+      assert row["heldout"] == (name != names[0])
+    assert f"| set1 | all (2) | {method} | **{np.mean(errors):.2f}** |" in text
+    assert f"| set1 | held-out (1) | {method} | **{errors[1]:.2f}** |" in text
+  assert f"| {names[0]}\\* |" in text and f"| {names[1]} |" in text
+  # The RESULTS block is generated from the JSON lines, between the markers.
+  results = tmp_path / "RESULTS.md"
+  results.write_text(f"# R\n{bench.BEGIN}\nold\n{bench.END}\ntail\n")
+  bench.update_results(results, [jsonl])
+  out = results.read_text()
+  assert "old" not in out and out.endswith(f"{bench.END}\ntail\n")
+  assert bench.summary_table(rows) in out and "<details>" in out
+  assert f"jax {meta['jax']}" in out
+
+
+def test_tuning_split_is_every_fourth_photo():
+  names = sorted(folder.names(ROOT))
+  assert len(names) == 50
+  assert bench.TUNING_NAMES == tuple(names[::4])
+  assert len(bench.heldout_names(names)) == 37
+
+
+def test_names_and_exclude(tmp_path):
+  listing = tmp_path / "names.txt"
+  listing.write_text("# two photos\nbook\n\nteddy  # a comment\n")
+  assert bench.read_names(str(listing)) == ["book", "teddy"]
+  assert bench.read_names("tuning") == list(bench.TUNING_NAMES)
+  assert bench.select_names(["a", "book", "teddy"], ["teddy", "book"],
+                            ["book"]) == ["teddy"]
+  with pytest.raises(ValueError, match=r"names: \['nope'\] are not images"):
+    bench.select_names(["a", "b"], ["a", "nope"])
+  with pytest.raises(ValueError, match=r"exclude: \['x'\]"):
+    bench.select_names(["a", "b"], None, ["x"])
+  with pytest.raises(FileNotFoundError, match=r"missing\.txt"):
+    bench.read_names(str(tmp_path / "missing.txt"))
+  empty = tmp_path / "empty.txt"
+  empty.write_text("# nothing\n")
+  with pytest.raises(ValueError, match=r"empty\.txt lists no image name"):
+    bench.read_names(str(empty))
+
+
+def test_cli_benchmark_heldout_names(tmp_path):
+  names = folder.names(ROOT)[:2]
+  data = _small_copy(tmp_path, names, long_side=64)
+  jsonl = tmp_path / "rows.jsonl"
+  proc = _run_cli("--benchmark", str(data), "--names", "heldout",
+                  "--methods", "graphcut", "--jsonl", str(jsonl))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  _, rows = bench.read_jsonl(jsonl)
+  assert [r["name"] for r in rows] == [names[1]]  # names[0] is tuning.
+  proc = _run_cli("--benchmark", str(data), "--names", "nope.txt")
+  assert proc.returncode != 0 and "nope.txt not found" in proc.stderr
+
+
+DENSE = dict(neighborhood="dense", relaxation="bl", lam=0.05, num_steps=20,
+             unary="gaussian")
+
+
+def test_sigma_xy_reaches_the_solver(tmp_path):
+  image, scrib, _ = _write_example(tmp_path, long_side=48)
+  img = segment.read_image(str(image))
+  scribbles, k = segment.read_scribbles(str(scrib), img.shape[:2])
+  y3, _, e3, logits = segment.segment(img, scribbles, k, sigma_xy=3.0, **DENSE)
+  y100, _, e100, _ = segment.segment(img, scribbles, k, **DENSE)
+  opts = segment._solver_options(dict(segment.DEFAULTS, sigma_xy=3.0, **DENSE))
+  assert opts["sigma_xy"] == 3.0
+  want = solver.solve(logits[None], img[None], scribbles[None], **opts)[0]
+  np.testing.assert_allclose(y3, want, atol=1e-5)
+  assert abs(e3 - e100) > 1e-3 * abs(e100)  # σ_xy changes the problem.
+  proc = _run_cli("--image", str(image), "--scribbles", str(scrib),
+                  "--out", str(tmp_path / "m.png"), "--sigma_xy", "3",
+                  *[f"--{k}={v}" for k, v in DENSE.items()])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report["sigma_xy"] == 3.0 and report["neighborhood"] == "dense"
+  assert report["energy"] == pytest.approx(e3, rel=1e-4)
+  assert abs(report["energy"] - e100) > 1e-3 * abs(e100)
 
 
 def test_import_defines_no_flags():
