@@ -1,4 +1,4 @@
-"""The solver's plain-descent loop on the CPU as one native XLA FFI call.
+"""The solver's grid loops (plain descent, Adam) on the CPU as one native XLA FFI call.
 
 XLA:CPU runs the solver's step as a dozen separate loops: the channel sums,
 some twenty small per-pixel fusions, and an update pass that recomputes the
@@ -7,7 +7,9 @@ barrier that would materialise them). ``native/grid_solver.cc`` computes the
 same iterates in one sweep over the rows of each image per step, so that the
 iterate and ``σ`` are read from memory once per step, with images spread over
 the CPU's threads: 1.5-2.3x the XLA loop (``benchmarks/solver.py`` measures
-both; RESULTS.md).
+both; RESULTS.md). The same sweep runs Adam on the logits (``method="adam"``,
+:func:`potts_jax.updates.adam_loop`) with its two moment buffers updated in
+place (``benchmarks/solver_options.py --timing`` measures its cost).
 
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``,
 else ``c++``/``g++``) against the XLA FFI headers that ship with jaxlib, for
@@ -54,6 +56,8 @@ FLAGS = (
 # The kernel's codes, in its enum order.
 RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
 CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
+#: The updates the kernel runs, in its enum order.
+METHODS = ("gd", "adam")
 assert set(RELAXATIONS) == set(potts.NAMES)
 assert set(CROSS_ENTROPIES) == set(losses.NAMES)
 
@@ -134,7 +138,7 @@ def available() -> bool:
 
 
 def applies(num_classes: int) -> bool:
-  """Whether ``solver`` should run its plain-descent loop natively.
+  """Whether ``solver`` should run its grid loop natively.
 
   True when JAX's default backend is the CPU (on GPU/TPU machines nothing is
   compiled), ``num_classes`` is at most :data:`MAX_CLASSES` and
@@ -161,8 +165,9 @@ def _varying_axes(x) -> set:
 
 
 def descend(v0, sigma, log_sigma, weights, unary_weight, free, step_size, *,
-            num_steps: int, relaxation: str, cross_entropy: str):
-  """``num_steps`` plain-descent steps of ``potts_jax.solver`` on the CPU.
+            num_steps: int, relaxation: str, cross_entropy: str,
+            method: str = "gd", decay=1.0, b1=0.9, b2=0.999, adam_eps=1e-8):
+  """``num_steps`` steps of ``potts_jax.solver``'s grid loop on the CPU.
 
   Call only when :func:`available` is True, and only in code lowered for the
   CPU (``solver`` wraps it in ``lax.platform_dependent``).
@@ -173,15 +178,24 @@ def descend(v0, sigma, log_sigma, weights, unary_weight, free, step_size, *,
     weights: ``[B, H, W, D]`` ``λ·w_ij`` per offset (D = 2 for nn4, 4 for nn8).
     unary_weight: ``[B, H, W]`` η on valid unlabeled pixels, else 0.
     free: ``[B, H, W]`` 1 where ``y`` may move, 0 on scribbles.
-    step_size: scalar step on the logits.
+    step_size: scalar step on the logits (``method="adam"``: its first step).
     num_steps, relaxation, cross_entropy: as in ``solver.solve``.
+    method: ``"gd"`` (plain descent) or ``"adam"`` (the update of
+      :func:`potts_jax.updates.adam_loop`).
+    decay, b1, b2, adam_eps: scalars of ``"adam"`` (unused by ``"gd"``): the
+      step decays geometrically to ``step_size * decay`` at the last step.
 
   Returns:
     ``[B, H, W, K]`` the unnormalised iterate ``v`` after ``num_steps`` steps
     (``y = v / Σ_k v``).
   """
+  if method not in METHODS:
+    raise ValueError(f"unknown native method {method!r}; expected one of "
+                     f"{METHODS}")
+  params = jnp.stack([jnp.asarray(x, jnp.float32).reshape(())
+                      for x in (step_size, decay, b1, b2, adam_eps)])
   args = [jnp.asarray(x, jnp.float32) for x in (
-      v0, sigma, log_sigma, weights, unary_weight, free, step_size)]
+      v0, sigma, log_sigma, weights, unary_weight, free)] + [params]
   call = jax.ffi.ffi_call(
       TARGET, jax.ShapeDtypeStruct(v0.shape, jnp.float32),
       vmap_method="sequential")
@@ -190,6 +204,7 @@ def descend(v0, sigma, log_sigma, weights, unary_weight, free, step_size, *,
       num_steps=np.int64(num_steps),
       relaxation=np.int64(RELAXATIONS.index(relaxation)),
       cross_entropy=np.int64(CROSS_ENTROPIES.index(cross_entropy)),
+      method=np.int64(METHODS.index(method)),
       eps=np.float32(potts.EPS), num_threads=np.int64(_threads()))
   # Inside shard_map the result varies over the mesh axes its inputs vary
   # over, as the XLA loop's does (the FFI call's own type says it does not).

@@ -33,17 +33,25 @@ How it is computed (same iterates as the textbook autodiff loop, measured in
 * On the CPU backend, plain descent on a grid runs as one native call
   (:mod:`potts_jax.cpu_solver`, ``native/grid_solver.cc``): the same
   formulas, one sweep over the rows of each image per step, images spread
-  over threads (1.5-2.3x the XLA:CPU loop, benchmarks/RESULTS.md). Other backends, the optax path,
+  over threads (1.5-2.3x the XLA:CPU loop, benchmarks/RESULTS.md), and so
+  does ``method="adam"``. Other backends, the optax and mirror methods,
   :func:`solve_with_energies` and ``kernel="xla"`` use the XLA loop.
 * ``method=`` selects the update (:mod:`potts_jax.updates`): ``"gd"`` (the
-  above), ``"optax"`` (``optimizer`` on the logits), ``"mirror"`` and
-  ``"mirror_momentum"`` (exponentiated gradient on ``y``, plain or with
-  heavy-ball momentum; XLA loop, grid neighbourhoods).
+  above), ``"adam"`` (optax.adam's update on the logits, carried out on
+  ``y`` like plain descent; grid neighbourhoods), ``"optax"`` (any
+  ``optimizer`` on the logits), ``"mirror"`` and ``"mirror_momentum"``
+  (exponentiated gradient on ``y``, plain or with heavy-ball momentum; XLA
+  loop, grid neighbourhoods).
+* ``warm_start="coarse"`` first runs ``warm_start_steps`` steps of the same
+  method on the 2x2-pooled problem and starts the ``num_steps`` fine steps
+  from its upsampled solution (:mod:`potts_jax.warm_start`), in the same
+  jitted call.
 
 Modules: :mod:`potts_jax.solver_checks` (input and option checks),
 :mod:`potts_jax.solver_terms` (the problem, ``E(y)`` and ``∂E/∂l``),
 :mod:`potts_jax.solver_loop` (the jitted loops), :mod:`potts_jax.updates`
-(the update rules beside plain descent); this module is the public API and
+(the update rules beside plain descent), :mod:`potts_jax.warm_start` (the
+coarse-to-fine start); this module is the public API and
 re-exports what callers use (:func:`validate_inputs`, :data:`KERNELS`).
 """
 
@@ -61,6 +69,7 @@ from potts_jax import solver_checks
 from potts_jax import solver_loop
 from potts_jax import solver_terms
 from potts_jax import updates
+from potts_jax import warm_start as warm
 
 Array = jnp.ndarray
 
@@ -71,25 +80,39 @@ _Problem = solver_terms.Problem
 _build_problem = solver_terms.build_problem
 _solve = solver_loop.solve_batch
 
+# Options of solve() that energy() accepts and ignores, with their defaults.
+_SOLVER_ONLY = dict(
+    num_steps=200, step_size=0.075, optimizer=None, kernel="auto",
+    method="gd", mirror_step_size=updates.MIRROR_STEP_SIZE,
+    momentum=updates.MOMENTUM, adam_step_size=updates.ADAM_STEP_SIZE,
+    adam_decay=updates.ADAM_DECAY, warm_start=None,
+    warm_start_steps=warm.WARM_START_STEPS)
+
 
 def _run(logits, image, labels, *, relaxation, cross_entropy, neighborhood,
          eta, lam, sigma_rgb, num_steps, step_size, optimizer, record,
          kernel="auto", sigma_xy=100.0, scale_factor=1.0,
          lattice_capacity=None, method="gd",
          mirror_step_size=updates.MIRROR_STEP_SIZE,
-         momentum=updates.MOMENTUM):
-  solver_checks.check_options(relaxation, cross_entropy, neighborhood, num_steps, kernel)
+         momentum=updates.MOMENTUM, adam_step_size=updates.ADAM_STEP_SIZE,
+         adam_decay=updates.ADAM_DECAY, warm_start=None,
+         warm_start_steps=warm.WARM_START_STEPS):
+  solver_checks.check_options(relaxation, cross_entropy, neighborhood,
+                              num_steps, kernel)
   method = updates.check_method(method, cross_entropy, neighborhood,
                                 optimizer)
+  warm.check_warm_start(warm_start, warm_start_steps, neighborhood)
   validate_inputs(logits, image, labels)
   f32 = lambda v: jnp.asarray(v, jnp.float32)
   y, energies, points = solver_loop.solve_batch(
       logits, image, labels, f32(eta), f32(lam), f32(sigma_rgb), f32(step_size),
       f32(sigma_xy), f32(mirror_step_size), f32(momentum),
+      f32(adam_step_size), f32(adam_decay),
       relaxation=relaxation, cross_entropy=cross_entropy,
       neighborhood=neighborhood, num_steps=int(num_steps), optimizer=optimizer,
       record=record, kernel=kernel, scale_factor=float(scale_factor),
-      lattice_capacity=lattice_capacity, method=method,
+      lattice_capacity=lattice_capacity, method=method, warm_start=warm_start,
+      warm_start_steps=int(warm_start_steps) if warm_start else 0,
   )
   if points is not None and lattice_capacity is not None:
     bilateral.check_num_points(points, lattice_capacity,
@@ -118,12 +141,17 @@ def solve(
     method: str = "gd",
     mirror_step_size: float = updates.MIRROR_STEP_SIZE,
     momentum: float = updates.MOMENTUM,
+    adam_step_size: float = updates.ADAM_STEP_SIZE,
+    adam_decay: float = updates.ADAM_DECAY,
+    warm_start: str | None = None,
+    warm_start_steps: int = warm.WARM_START_STEPS,
 ) -> Array:
   """Soft pseudo-labels for one batch (paper Appendix B).
 
   Jitted; changing ``eta``, ``lam``, ``sigma_rgb``, ``step_size``,
-  ``mirror_step_size`` or ``momentum`` does not retrace, changing a name,
-  ``num_steps``, ``method`` or the optimizer object does. Usable
+  ``mirror_step_size``, ``momentum``, ``adam_step_size`` or ``adam_decay``
+  does not retrace, changing a name, ``num_steps``, ``method``,
+  ``warm_start``, ``warm_start_steps`` or the optimizer object does. Usable
   inside ``jit``, ``vmap`` and ``shard_map`` (it never communicates).
 
   Args:
@@ -141,10 +169,10 @@ def solve(
     optimizer: optional optax transformation used instead of plain descent
       (``step_size`` is then ignored; build it once and reuse it, as a new
       object retraces).
-    kernel: ``auto`` runs plain descent on the CPU backend as one native call
-      (:mod:`potts_jax.cpu_solver`, same iterates up to float32 rounding)
-      when it could be built, and the XLA loop elsewhere; ``xla`` always
-      runs the XLA loop.
+    kernel: ``auto`` runs ``"gd"`` and ``"adam"`` on the CPU backend as one
+      native call (:mod:`potts_jax.cpu_solver`, same iterates up to float32
+      rounding) when it could be built, and the XLA loop elsewhere; ``xla``
+      always runs the XLA loop.
     sigma_xy: spatial bandwidth of ``dense`` in pixels (100 on VOC).
     scale_factor: static; ``dense`` filters at this fraction of the size
       (:func:`potts_jax.bilateral.prepare`).
@@ -152,15 +180,25 @@ def solve(
       the bound 6HW that never overflows. An overflow raises ValueError
       outside ``jit`` (inside, the extra lattice points are dropped).
     method: the update (:mod:`potts_jax.updates`): ``"gd"`` plain descent
-      on the logits with ``step_size``; ``"optax"`` ``optimizer`` on the
-      logits (also selected by passing ``optimizer`` alone);
-      ``"mirror"`` exponentiated gradient on ``y`` with
-      ``mirror_step_size``; ``"mirror_momentum"`` the same with heavy-ball
-      momentum ``momentum`` (the fastest, benchmarks/RESULTS.md). The mirror
-      methods take ``cross_entropy`` ``cce``, ``ce`` or ``q`` and ``nn4`` or
-      ``nn8``, and always run the XLA loop.
+      on the logits with ``step_size``; ``"adam"`` optax.adam's update on
+      the logits with ``adam_step_size`` and ``adam_decay`` (the
+      recommended fast option, benchmarks/RESULTS.md; ``nn4``/``nn8``);
+      ``"optax"`` ``optimizer`` on the logits (also selected by passing
+      ``optimizer`` alone); ``"mirror"`` exponentiated gradient on ``y``
+      with ``mirror_step_size``; ``"mirror_momentum"`` the same with
+      heavy-ball momentum ``momentum``. The mirror methods take
+      ``cross_entropy`` ``cce``, ``ce`` or ``q`` and ``nn4`` or ``nn8``, and
+      always run the XLA loop.
     mirror_step_size: step ``t`` of the mirror methods.
     momentum: heavy-ball ``β`` of ``"mirror_momentum"``.
+    adam_step_size: first step of ``"adam"`` on the logits.
+    adam_decay: ``"adam"``'s last step is ``adam_step_size * adam_decay``
+      (geometric in between; 1 keeps it constant).
+    warm_start: None, or ``"coarse"``: start from ``warm_start_steps``
+      steps of ``method`` on the 2x2-pooled problem
+      (:mod:`potts_jax.warm_start`; ``nn4``/``nn8``).
+    warm_start_steps: static number of coarse steps (each costs about a
+      quarter of a fine step).
 
   Returns:
     ``[B, H, W, K]`` float32 pseudo-labels on the simplex, scribbled pixels
@@ -173,6 +211,8 @@ def solve(
       record=False, kernel=kernel, sigma_xy=sigma_xy,
       scale_factor=scale_factor, lattice_capacity=lattice_capacity,
       method=method, mirror_step_size=mirror_step_size, momentum=momentum,
+      adam_step_size=adam_step_size, adam_decay=adam_decay,
+      warm_start=warm_start, warm_start_steps=warm_start_steps,
   )
   return y
 
@@ -182,14 +222,13 @@ def solve_with_energies(logits: Array, image: Array, labels: Array, **options):
 
   Returns:
     ``(y, energies)``: ``y`` ``[B, H, W, K]`` and ``energies``
-    ``[num_steps + 1, B]``, ``energies[t]`` the energy after ``t`` steps.
+    ``[num_steps + 1, B]``, ``energies[t]`` the energy after ``t`` steps
+    (with ``warm_start``, ``t`` fine steps: ``energies[0]`` is the energy of
+    the warm start).
   """
   full = dict(relaxation="cd", cross_entropy="cce", neighborhood="nn4",
-              eta=0.3, lam=6.0, sigma_rgb=9.0, num_steps=200, step_size=0.075,
-              optimizer=None, kernel="auto", sigma_xy=100.0, scale_factor=1.0,
-              lattice_capacity=None, method="gd",
-              mirror_step_size=updates.MIRROR_STEP_SIZE,
-              momentum=updates.MOMENTUM)
+              eta=0.3, lam=6.0, sigma_rgb=9.0, sigma_xy=100.0,
+              scale_factor=1.0, lattice_capacity=None, **_SOLVER_ONLY)
   unknown = set(options) - set(full)
   if unknown:
     raise TypeError(f"unknown solver option(s) {sorted(unknown)}")
@@ -219,15 +258,14 @@ def energy(
   ``η Σ_{i valid, unlabeled} H(σ_i, y_i) + λ Σ_{(i,j)} w_ij P(y_i, y_j)`` with
   ``σ = softmax(logits)``. ``y`` is taken as given (no scribble reset).
   Solver-only options (``num_steps``, ``step_size``, ``optimizer``,
-  ``kernel``, ``method``, ``mirror_step_size``, ``momentum``) are accepted and ignored so that one options dict serves both
-  functions. ``sigma_xy``, ``scale_factor`` and ``lattice_capacity`` are
+  ``kernel``, ``method`` and its step sizes, ``warm_start``, ...) are
+  accepted and ignored so that one options dict serves both functions. ``sigma_xy``, ``scale_factor`` and ``lattice_capacity`` are
   those of ``neighborhood="dense"`` (see :func:`solve`).
 
   Returns:
     ``[B]`` float32.
   """
-  extra = set(unused) - {"num_steps", "step_size", "optimizer", "kernel",
-                         "method", "mirror_step_size", "momentum"}
+  extra = set(unused) - set(_SOLVER_ONLY)
   if extra:
     raise TypeError(f"unknown energy option(s) {sorted(extra)}")
   solver_checks.check_names(relaxation, cross_entropy, neighborhood)
@@ -236,15 +274,15 @@ def energy(
     raise ValueError(
         f"y must have the shape of logits {np.shape(logits)}; got {np.shape(y)}"
     )
-  prob = solver_terms.build_problem(jnp.asarray(logits), image, labels, neighborhood,
-                        sigma_rgb, eta, lam)
+  prob = solver_terms.build_problem(jnp.asarray(logits), image, labels,
+                                    neighborhood, sigma_rgb, eta, lam)
   if neighborhood == "dense":
     graph = bilateral.prepare(image, labels, sigma_xy=sigma_xy,
                               sigma_rgb=sigma_rgb, scale_factor=scale_factor,
                               capacity=lattice_capacity)
-    return solver_terms.dense_energy_value(jnp.asarray(y, jnp.float32), prob, graph,
-                               jnp.asarray(lam, jnp.float32), relaxation,
-                               cross_entropy)
+    return solver_terms.dense_energy_value(
+        jnp.asarray(y, jnp.float32), prob, graph,
+        jnp.asarray(lam, jnp.float32), relaxation, cross_entropy)
   return solver_terms.energy_value(
       jnp.asarray(y, jnp.float32), prob, relaxation, cross_entropy
   )

@@ -6,7 +6,9 @@
 ``lax.fori_loop`` (or ``lax.scan`` when the energies are recorded); on the
 CPU backend plain descent on a grid runs as one native call instead
 (:mod:`potts_jax.cpu_solver`). Values (η, λ, step sizes) are traced, names,
-``num_steps`` and the optimizer object are static.
+``num_steps`` and the optimizer object are static. With
+``warm_start="coarse"`` the same loop first runs on the 2x2-pooled problem
+(:mod:`potts_jax.warm_start`), inside the same jitted function.
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import optax
 
 from potts_jax import bilateral
 from potts_jax import cpu_solver
+from potts_jax import potts
 from potts_jax import solver_terms as terms
 from potts_jax import updates
+from potts_jax import warm_start as warm
 
 
 def _solve_dense(logits, prob, graph, lam, step_size, *, relaxation,
@@ -60,73 +64,57 @@ def _solve_dense(logits, prob, graph, lam, step_size, *, relaxation,
   return jax.lax.stop_gradient(y), energies
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "relaxation", "cross_entropy", "neighborhood", "num_steps",
-        "optimizer", "record", "kernel", "scale_factor", "lattice_capacity",
-        "method",
-    ),
-)
-def solve_batch(
-    logits, image, labels, eta, lam, sigma_rgb, step_size, sigma_xy,
-    mirror_step_size, momentum, *, relaxation, cross_entropy, neighborhood,
-    num_steps, optimizer, record, kernel, scale_factor, lattice_capacity,
-    method,
-):
-  """The loop. Plain descent runs on ``y`` directly (see :func:`solve`).
+def _grid_solve(prob, v0, hyper, *, relaxation, cross_entropy, num_steps,
+                optimizer, record, kernel, method, logits0=None):
+  """``num_steps`` steps of ``method`` from ``v0`` on a grid problem.
 
-  Returns ``(y, energies or None, lattice points per image or None)``.
+  Args:
+    prob: the problem (:class:`potts_jax.solver_terms.Problem`).
+    v0: ``[B, H, W, K]`` initial ``y``, scribble reset applied.
+    hyper: dict of scalars ``step_size``, ``mirror_step_size``,
+      ``momentum``, ``adam_step_size``, ``adam_decay``.
+    relaxation, cross_entropy, num_steps, optimizer, record, kernel, method:
+      as in :func:`solve_batch`.
+    logits0: ``[B, H, W, K]`` initial logits of ``method="optax"`` (the
+      network's); None: ``ln v0``.
+
+  Returns:
+    ``(y [B, H, W, K] with the reset applied, energies or None)``.
   """
-  prob = terms.build_problem(logits, image, labels, neighborhood, sigma_rgb, eta,
-                        lam)
-  if neighborhood == "dense":
-    graph = bilateral.prepare(
-        image, labels, sigma_xy=sigma_xy, sigma_rgb=sigma_rgb,
-        scale_factor=scale_factor, capacity=lattice_capacity)
-    y, energies = _solve_dense(
-        logits, prob, graph, lam, step_size, relaxation=relaxation,
-        cross_entropy=cross_entropy, num_steps=num_steps,
-        optimizer=optimizer, record=record)
-    return y, energies, graph.lattice.num_points
-  logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
   step_terms = functools.partial(
       terms.logit_step, prob=prob, relaxation=relaxation,
       cross_entropy=cross_entropy,
   )
-
+  to_y = None  # Methods on v: y = v / Σ_k v.
   if method in updates.MIRROR_METHODS:
     direction = functools.partial(
         updates.mirror_direction, prob=prob, relaxation=relaxation,
         cross_entropy=cross_entropy)
-    carry0, step, to_y = updates.mirror_loop(
-        method, prob, direction, mirror_step_size, momentum)
+    carry0, step, to_v = updates.mirror_loop(
+        method, v0, direction, hyper["mirror_step_size"], hyper["momentum"])
   elif method == "gd":
-    # l ← l - t ∂E/∂l  ⇔  y ← y ⊙ exp(-t ∂E/∂l) / Σ_k(...), exactly, since
-    # softmax(l + δ) ∝ softmax(l) ⊙ exp(δ). The carry is the unnormalised
-    # v = y ⊙ exp(δ); the next step's single reduction pass gets Σv with the
-    # other sums, so the loop never writes a normalised copy: one exp per
-    # element and step, no softmax max/sum passes. Labeled pixels stay
-    # one-hot because their step is zero.
-    def to_y(v):
-      return v / jnp.sum(v, axis=-1, keepdims=True)
-
-    def step(v):
-      grad, r = step_terms(v)
-      return r[..., None] * v * jnp.exp(-step_size * grad)
-
-    carry0 = terms.reset(prob.sigma, prob)
-  else:
+    carry0, step, to_v = updates.gd_loop(v0, step_terms, hyper["step_size"])
+  elif method == "adam":
+    carry0, step, to_v = updates.adam_loop(
+        v0, step_terms, hyper["adam_step_size"], hyper["adam_decay"],
+        num_steps)
+  else:  # optax on the logits.
     def to_y(carry):
       return terms.reset(jax.nn.softmax(carry[0]), prob)
 
     def step(carry):
       l, state = carry
       grad, _ = step_terms(to_y(carry))
-      updates, state = optimizer.update(grad, state, l)
-      return optax.apply_updates(l, updates), state
+      updates_, state = optimizer.update(grad, state, l)
+      return optax.apply_updates(l, updates_), state
 
-    carry0 = (logits, optimizer.init(logits))
+    if logits0 is None:
+      logits0 = potts.safe_log(v0)
+    carry0 = (logits0, optimizer.init(logits0))
+  if to_y is None:
+    def to_y(carry):
+      v = to_v(carry)
+      return v / jnp.sum(v, axis=-1, keepdims=True)
 
   energy_fn = functools.partial(
       terms.energy_value, prob=prob, relaxation=relaxation,
@@ -137,24 +125,84 @@ def solve_batch(
       return step(carry), energy_fn(to_y(carry))
 
     carry, energies = jax.lax.scan(body, carry0, None, length=num_steps)
-  else:
-    def xla_loop(carry):
-      return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
-
-    if (method == "gd" and kernel == "auto"
-        and cpu_solver.applies(logits.shape[-1])):
-      def native_loop(v):
-        return cpu_solver.descend(
-            v, prob.sigma, prob.log_sigma, jnp.stack(prob.weights, axis=-1),
-            prob.unary_weight, prob.free, step_size, num_steps=num_steps,
-            relaxation=relaxation, cross_entropy=cross_entropy)
-
-      carry = jax.lax.platform_dependent(carry0, cpu=native_loop,
-                                         default=xla_loop)
-    else:
-      carry = xla_loop(carry0)
-    energies = None
-  y = terms.reset(to_y(carry), prob)
-  if record:
+    y = terms.reset(to_y(carry), prob)
     energies = jnp.concatenate([energies, energy_fn(y)[None]], axis=0)
+    return y, energies
+
+  def xla_loop(carry):
+    return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
+
+  if (method in cpu_solver.METHODS and kernel == "auto"
+      and cpu_solver.applies(v0.shape[-1])):
+    def native_loop(carry):
+      return cpu_solver.descend(
+          to_v(carry), prob.sigma, prob.log_sigma,
+          jnp.stack(prob.weights, axis=-1), prob.unary_weight, prob.free,
+          hyper["adam_step_size" if method == "adam" else "step_size"],
+          num_steps=num_steps, relaxation=relaxation,
+          cross_entropy=cross_entropy, method=method,
+          decay=hyper["adam_decay"], b1=updates.ADAM_B1, b2=updates.ADAM_B2,
+          adam_eps=updates.ADAM_EPS)
+
+    # The same v from either branch; y from it as in to_y.
+    v = jax.lax.platform_dependent(
+        carry0, cpu=native_loop, default=lambda c: to_v(xla_loop(c)))
+    y = v / jnp.sum(v, axis=-1, keepdims=True)
+  else:
+    y = to_y(xla_loop(carry0))
+  return terms.reset(y, prob), None
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=(
+        "relaxation", "cross_entropy", "neighborhood", "num_steps",
+        "optimizer", "record", "kernel", "scale_factor", "lattice_capacity",
+        "method", "warm_start", "warm_start_steps",
+    ),
+)
+def solve_batch(
+    logits, image, labels, eta, lam, sigma_rgb, step_size, sigma_xy,
+    mirror_step_size, momentum, adam_step_size, adam_decay, *, relaxation,
+    cross_entropy, neighborhood, num_steps, optimizer, record, kernel,
+    scale_factor, lattice_capacity, method, warm_start=None,
+    warm_start_steps=0,
+):
+  """The solver for one batch (see :func:`potts_jax.solver.solve`).
+
+  Returns ``(y, energies or None, lattice points per image or None)``;
+  ``energies`` ``[num_steps + 1, B]`` are those of the fine loop (after a
+  warm start, ``energies[0]`` is the energy of its start).
+  """
+  prob = terms.build_problem(logits, image, labels, neighborhood, sigma_rgb,
+                             eta, lam)
+  if neighborhood == "dense":
+    graph = bilateral.prepare(
+        image, labels, sigma_xy=sigma_xy, sigma_rgb=sigma_rgb,
+        scale_factor=scale_factor, capacity=lattice_capacity)
+    y, energies = _solve_dense(
+        logits, prob, graph, lam, step_size, relaxation=relaxation,
+        cross_entropy=cross_entropy, num_steps=num_steps,
+        optimizer=optimizer, record=record)
+    return y, energies, graph.lattice.num_points
+  hyper = dict(step_size=step_size, mirror_step_size=mirror_step_size,
+               momentum=momentum, adam_step_size=adam_step_size,
+               adam_decay=adam_decay)
+  loop = functools.partial(
+      _grid_solve, hyper=hyper, relaxation=relaxation,
+      cross_entropy=cross_entropy, optimizer=optimizer, kernel=kernel,
+      method=method)
+  v0 = terms.reset(prob.sigma, prob)
+  logits0 = jax.lax.stop_gradient(logits).astype(jnp.float32)
+  if warm_start == "coarse":
+    logits_c, image_c, labels_c = warm.coarse_inputs(prob.sigma, image, labels)
+    prob_c = terms.build_problem(logits_c, image_c, labels_c, neighborhood,
+                                 sigma_rgb, eta,
+                                 lam * warm.COARSE_LAMBDA_SCALE)
+    y_c, _ = loop(prob_c, terms.reset(prob_c.sigma, prob_c),
+                  num_steps=warm_start_steps, record=False)
+    v0 = terms.reset(warm.fine_start(y_c, prob.sigma), prob)
+    logits0 = None
+  y, energies = loop(prob, v0, num_steps=num_steps, record=record,
+                     logits0=logits0)
   return jax.lax.stop_gradient(y), energies, None

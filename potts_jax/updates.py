@@ -6,6 +6,16 @@
   ``l ← l - t ∂E/∂l`` with ``t = step_size`` (0.075).
 * ``"optax"``: any optax transformation ``optimizer`` on the logits (SGD with
   momentum or Nesterov, Adam, ...), fed ``∂E/∂l``; ``step_size`` unused.
+* ``"adam"``: ``optax.adam``'s update on the logits (``b1`` 0.9, ``b2`` 0.999,
+  ``eps`` 1e-8, bias-corrected), its step ``adam_step_size`` decaying
+  geometrically to ``adam_step_size * adam_decay`` at the last step (1: a
+  constant step). Carried out on ``v`` like plain descent
+  (:func:`adam_loop`), so that on the CPU it runs in the native loop
+  (:mod:`potts_jax.cpu_solver`). Why it works: the step is divided per
+  element by the gradient's RMS, so pixels where the softmax Jacobian is
+  nearly singular (``y`` near a vertex, ``∂E/∂l ≈ 0``) move as fast as
+  uncertain ones, and momentum (``b1``) carries the smooth, slow modes of the
+  stiff Potts term (below).
 * ``"mirror"``: mirror descent (exponentiated gradient) on ``y`` with the
   entropy mirror map, ``y ← y ⊙ exp(-t g) / Σ_k(...)`` with ``g = ∂E/∂y`` and
   ``t = mirror_step_size``. In logits this is ``l ← l - t (g - yᵀg)``: the
@@ -46,7 +56,9 @@ from potts_jax import potts
 Array = jnp.ndarray
 
 #: Every ``method`` :func:`potts_jax.solver.solve` accepts.
-METHODS = ("gd", "optax", "mirror", "mirror_momentum")
+METHODS = ("gd", "optax", "adam", "mirror", "mirror_momentum")
+#: Methods that take no ``optimizer`` and run only on grid neighbourhoods.
+GRID_METHODS = ("adam", "mirror", "mirror_momentum")
 #: Methods that run on ``y`` through :func:`mirror_direction`.
 MIRROR_METHODS = ("mirror", "mirror_momentum")
 #: Cross-entropies the mirror methods support.
@@ -57,6 +69,12 @@ MAX_EXPONENT = 5.0
 MIRROR_STEP_SIZE = 0.03
 #: Default heavy-ball ``momentum`` of ``"mirror_momentum"``.
 MOMENTUM = 0.8
+#: Default ``adam_step_size`` (tuned in benchmarks/solver_options.py).
+ADAM_STEP_SIZE = 0.1
+#: Default ``adam_decay``: a constant step.
+ADAM_DECAY = 1.0
+#: ``"adam"``'s moment decays and denominator guard (optax.adam's defaults).
+ADAM_B1, ADAM_B2, ADAM_EPS = 0.9, 0.999, 1e-8
 
 
 def check_method(method: str, cross_entropy: str, neighborhood: str,
@@ -72,19 +90,86 @@ def check_method(method: str, cross_entropy: str, neighborhood: str,
     method = "optax"
   if method == "optax" and optimizer is None:
     raise ValueError("method='optax' needs an optax optimizer=")
-  if method in MIRROR_METHODS:
+  if method in GRID_METHODS:
     if optimizer is not None:
       raise ValueError(f"method={method!r} takes no optimizer (it is for "
                        "method='optax')")
-    if cross_entropy not in MIRROR_CROSS_ENTROPIES:
-      raise ValueError(
-          f"method={method!r} supports cross_entropy in "
-          f"{MIRROR_CROSS_ENTROPIES}; got {cross_entropy!r} (its ∂H/∂y is "
-          "unbounded)")
     if neighborhood == "dense":
       raise ValueError(f"method={method!r} supports the grid neighbourhoods "
-                       "nn4 and nn8; got 'dense'")
+                       "nn4 and nn8; got 'dense' (there, use method='optax' "
+                       "with optimizer=optax.adam(...))")
+  if method in MIRROR_METHODS and cross_entropy not in MIRROR_CROSS_ENTROPIES:
+    raise ValueError(
+        f"method={method!r} supports cross_entropy in "
+        f"{MIRROR_CROSS_ENTROPIES}; got {cross_entropy!r} (its ∂H/∂y is "
+        "unbounded)")
   return method
+
+
+def gd_loop(v0: Array, step_terms: Callable, step_size: Array):
+  """``(carry0, step, to_v)`` of plain descent (``"gd"``).
+
+  ``l ← l - t ∂E/∂l`` is exactly ``y ← y ⊙ exp(-t ∂E/∂l) / Σ_k(...)``, since
+  ``softmax(l + δ) ∝ softmax(l) ⊙ exp(δ)``. The carry is the unnormalised
+  ``v = y ⊙ exp(δ)``; the next step's single reduction pass gets ``Σ_k v``
+  with the other sums, so the loop never writes a normalised copy: one
+  ``exp`` per element and step, no softmax max/sum passes. Labeled pixels
+  stay one-hot because their step is zero.
+
+  Args:
+    v0: ``[B, H, W, K]`` initial iterate, scribble reset applied.
+    step_terms: ``v -> (∂E/∂l, r)`` (:func:`potts_jax.solver_terms.logit_step`
+      bound to the problem), 0 where reset.
+    step_size: scalar ``t``.
+
+  Returns:
+    ``carry0``, ``step: carry -> carry`` and ``to_v: carry -> v``
+    (``y = v / Σ_k v``).
+  """
+  def step(v):
+    grad, r = step_terms(v)
+    return r[..., None] * v * jnp.exp(-step_size * grad)
+
+  return v0, step, lambda v: v
+
+
+def adam_loop(v0: Array, step_terms: Callable, step_size: Array, decay: Array,
+              num_steps: int):
+  """``(carry0, step, to_v)`` of ``"adam"``: optax.adam on the logits, on ``v``.
+
+  At step ``n = 1, 2, ...`` with ``γ = ∂E/∂l``: ``m ← b1 m + (1 - b1) γ``,
+  ``s ← b2 s + (1 - b2) γ²``, ``δ = t_n (m / (1 - b1ⁿ)) / (√(s / (1 - b2ⁿ))
+  + eps)``, ``l ← l - δ``, carried out as ``v ← r v ⊙ exp(-δ)`` (see
+  :func:`gd_loop`); ``t_n = t · decay^((n - 1) / (N - 1))``. Scribbled pixels
+  have ``γ = 0``, hence ``m = s = δ = 0``: they stay one-hot. The native CPU
+  loop (``native/grid_solver.cc``) computes the same iterates.
+
+  Args:
+    v0: ``[B, H, W, K]`` initial iterate, scribble reset applied.
+    step_terms: ``v -> (∂E/∂l, r)``, 0 where reset.
+    step_size: scalar first step ``t``.
+    decay: scalar; the last step is ``t · decay``.
+    num_steps: static ``N``.
+
+  Returns:
+    ``carry0 = (v, m, s, n)``, ``step`` and ``to_v``.
+  """
+  last = max(num_steps - 1, 1)
+
+  def step(carry):
+    v, m, s, n = carry
+    grad, r = step_terms(v)
+    m = (1 - ADAM_B1) * grad + ADAM_B1 * m
+    s = (1 - ADAM_B2) * (grad * grad) + ADAM_B2 * s
+    n1 = (n + 1).astype(jnp.float32)
+    c1 = 1 / (1 - ADAM_B1 ** n1)
+    c2 = 1 / (1 - ADAM_B2 ** n1)
+    t = step_size * decay ** (n.astype(jnp.float32) / last)
+    delta = t * (m * c1) / (jnp.sqrt(s * c2) + ADAM_EPS)
+    return r[..., None] * v * jnp.exp(-delta), m, s, n + 1
+
+  zeros = jnp.zeros_like(v0)
+  return (v0, zeros, zeros, jnp.zeros((), jnp.int32)), step, lambda c: c[0]
 
 
 def _unary_sum(cross_entropy: str, v: Array, prob) -> Array:
@@ -145,22 +230,21 @@ def mirror_direction(v: Array, prob, relaxation: str,
   return free[..., None] * d, r
 
 
-def mirror_loop(method: str, prob, direction_fn: Callable, step_size: Array,
-                momentum: Array):
-  """``(carry0, step, to_y)`` of a mirror method for the solver's loop.
+def mirror_loop(method: str, v0: Array, direction_fn: Callable,
+                step_size: Array, momentum: Array):
+  """``(carry0, step, to_v)`` of a mirror method for the solver's loop.
 
   Args:
     method: ``"mirror"`` or ``"mirror_momentum"``.
-    prob: the problem; ``carry0`` starts from ``σ`` with the scribble reset.
+    v0: ``[B, H, W, K]`` initial iterate, scribble reset applied.
     direction_fn: ``v -> (d, r)``, :func:`mirror_direction` bound to ``prob``.
     step_size: scalar ``t``.
     momentum: scalar ``β`` (``"mirror_momentum"`` only).
 
   Returns:
-    ``carry0``, ``step: carry -> carry`` and ``to_y: carry -> [B, H, W, K]``.
+    ``carry0``, ``step: carry -> carry`` and ``to_v: carry -> v``
+    (``y = v / Σ_k v``).
   """
-  v0 = jnp.where(prob.labeled, prob.onehot, prob.sigma)
-
   def advance(v, r, m):
     exponent = jnp.clip(-step_size * m, -MAX_EXPONENT, MAX_EXPONENT)
     return r[..., None] * v * jnp.exp(exponent)
@@ -170,10 +254,7 @@ def mirror_loop(method: str, prob, direction_fn: Callable, step_size: Array,
       d, r = direction_fn(v)
       return advance(v, r, d)
 
-    def to_y(v):
-      return v / jnp.sum(v, axis=-1, keepdims=True)
-
-    return v0, step, to_y
+    return v0, step, lambda v: v
 
   def step_momentum(carry):
     v, m = carry
@@ -181,7 +262,4 @@ def mirror_loop(method: str, prob, direction_fn: Callable, step_size: Array,
     m = momentum * m + d
     return advance(v, r, m), m
 
-  def to_y_momentum(carry):
-    return carry[0] / jnp.sum(carry[0], axis=-1, keepdims=True)
-
-  return (v0, jnp.zeros_like(v0)), step_momentum, to_y_momentum
+  return (v0, jnp.zeros_like(v0)), step_momentum, lambda c: c[0]

@@ -4,7 +4,8 @@
 the native loop meets the XLA loop on the cases the kernel handles apart: every
 relaxation and cross-entropy over more steps, class counts that fill 1, 3 and
 more than 4 vectors of 8 lanes, batches that split unevenly over threads,
-zero steps, vmap, and a build that fails.
+zero steps, vmap, and a build that fails; and the same for ``method="adam"``
+(Adam on the logits, the kernel's second update) and the coarse warm start.
 """
 
 import warnings
@@ -54,6 +55,61 @@ def test_class_counts_and_batch_splits(b, k):
                                                    k=k))
   native, xla = _both(logits, image, labels, neighborhood="nn8", num_steps=25)
   chex.assert_trees_all_close(native, xla, atol=2e-5, rtol=0)
+
+
+def _smooth(logits, image, labels):
+  # Sizeable affinities everywhere, so that no gradient is ~0 at the start
+  # (where Adam's first step, g / |g|, would be rounding noise and the two
+  # loops could not agree).
+  return logits, image * 0.1, labels
+
+
+@pytest.mark.parametrize("relaxation, cross_entropy, neighborhood", _CASES)
+def test_native_adam_equals_xla_adam(relaxation, cross_entropy, neighborhood):
+  logits, image, labels = _smooth(*_problem(b=2, h=9, w=11, k=5))
+  native, xla = _both(logits, image, labels, relaxation=relaxation,
+                      cross_entropy=cross_entropy, neighborhood=neighborhood,
+                      num_steps=40, method="adam")
+  chex.assert_tree_all_finite(native)
+  chex.assert_trees_all_close(native, xla, atol=5e-5, rtol=0)
+  np.testing.assert_allclose(np.sum(native, -1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("b, k", [(3, 8), (1, 21), (2, 40), (5, 3)])
+def test_native_adam_class_counts_and_batch_splits(b, k):
+  logits, image, labels = _smooth(*(x[:b] for x in _problem(
+      b=max(b, 2), h=6, w=13, k=k)))
+  native, xla = _both(logits, image, labels, neighborhood="nn8", num_steps=25,
+                      method="adam", adam_step_size=0.05, adam_decay=0.1)
+  chex.assert_trees_all_close(native, xla, atol=5e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["gd", "adam"])
+def test_native_warm_start_equals_xla(method):
+  logits, image, labels = _smooth(*_problem(b=2, h=9, w=11, k=5))
+  native, xla = _both(logits, image, labels, num_steps=20, method=method,
+                      warm_start="coarse", warm_start_steps=15)
+  chex.assert_trees_all_close(native, xla, atol=5e-5, rtol=0)
+
+
+def test_adam_step_size_is_a_value_not_a_constant():
+  logits, image, labels = _smooth(*_problem())
+  a = solver.solve(logits, image, labels, num_steps=5, method="adam",
+                   adam_step_size=0.01)
+  b = solver.solve(logits, image, labels, num_steps=5, method="adam",
+                   adam_step_size=0.2)
+  assert float(jnp.max(jnp.abs(a - b))) > 1e-3
+  _, xla = _both(logits, image, labels, num_steps=5, method="adam",
+                 adam_step_size=0.2)
+  chex.assert_trees_all_close(b, xla, atol=2e-5)
+
+
+def test_descend_names_a_bad_method():
+  with pytest.raises(ValueError, match="unknown native method 'sgd'"):
+    cpu_solver.descend(*([jnp.zeros((1, 2, 2, 2))] * 3),
+                       jnp.zeros((1, 2, 2, 2)), jnp.zeros((1, 2, 2)),
+                       jnp.zeros((1, 2, 2)), 0.1, num_steps=1,
+                       relaxation="cd", cross_entropy="cce", method="sgd")
 
 
 def test_zero_steps_returns_the_reset_prediction():

@@ -1,4 +1,6 @@
-"""Solver update options (``method=``, :mod:`potts_jax.updates`), issue 8."""
+"""Solver update options (``method=``, :mod:`potts_jax.updates`) and the
+coarse-to-fine warm start (``warm_start=``, :mod:`potts_jax.warm_start`),
+issue 8."""
 
 import functools
 
@@ -12,6 +14,7 @@ import pytest
 from potts_jax import quadratic
 from potts_jax import solver
 from potts_jax import updates
+from potts_jax import warm_start
 from potts_jax.data import folder
 from potts_jax.data import synthetic
 
@@ -27,7 +30,16 @@ OPTIONS = {
     "optax_nesterov": dict(method="optax", optimizer=NESTEROV),
     "mirror": dict(method="mirror"),
     "mirror_momentum": dict(method="mirror_momentum"),
+    "adam": dict(method="adam"),
+    "adam_xla": dict(method="adam", kernel="xla"),
+    "adam_coarse": dict(method="adam", warm_start="coarse",
+                        warm_start_steps=10),
+    "gd_coarse": dict(method="gd", warm_start="coarse", warm_start_steps=10),
 }
+# Options whose step divides by the gradient's RMS, which amplifies rounding
+# differences where the gradient is ~0 (scan vs fori_loop fusion, native vs
+# XLA): compared through their energies.
+RMS_SCALED = ("optax_adam", "adam", "adam_xla", "adam_coarse")
 CASES = {"cce_cd": dict(cross_entropy="cce", relaxation="cd"),
          "q_q": dict(cross_entropy="q", relaxation="q")}
 
@@ -68,7 +80,13 @@ def test_real_photos_scribbles_kept_simplex_energy_down(shared_data, option,
   y, energies = solver.solve_with_energies(logits, image, labels,
                                            num_steps=40, **opts)
   y, energies = np.asarray(y), np.asarray(energies)
-  assert np.all(energies[-1] < 0.9 * energies[0]), energies[[0, -1]]
+  # The energy at the network's prediction (with the reset); a warm start's
+  # energies[0] is that of its coarse solution.
+  start = solver.solve(logits, image, labels, num_steps=0, **CASES[case])
+  e_start = np.asarray(solver.energy(start, logits, image, labels,
+                                     **CASES[case]))
+  assert np.all(energies[-1] < 0.9 * e_start), (e_start, energies[-1])
+  assert np.all(energies[-1] <= energies[0] * (1 + 1e-6)), energies[[0, -1]]
   assert np.all(y >= 0)
   np.testing.assert_allclose(y.sum(-1), 1.0, atol=1e-5)
   scribbled = labels < 254
@@ -78,7 +96,7 @@ def test_real_photos_scribbles_kept_simplex_energy_down(shared_data, option,
   # where the gradient is ~0 (scan vs fori_loop fusion): compare energies.
   y_solve = solver.solve(logits, image, labels, num_steps=40,
                          **dict(OPTIONS[option], **CASES[case]))
-  if option == "optax_adam":
+  if option in RMS_SCALED:
     np.testing.assert_allclose(
         solver.energy(y_solve, logits, image, labels, **CASES[case]),
         energies[-1], rtol=2e-3)
@@ -109,11 +127,12 @@ def test_changing_values_does_not_retrace(option):
   opts = OPTIONS[option]
   solver.solve(logits, image, labels, num_steps=3, **opts)
   size = solver._solve._cache_size()
-  for eta, lam, t, mt, beta in ((0.1, 1.0, 0.01, 0.02, 0.5),
-                                (0.9, 3.0, 0.2, 0.07, 0.95)):
+  for eta, lam, t, mt, beta, at, decay in (
+      (0.1, 1.0, 0.01, 0.02, 0.5, 0.05, 1.0),
+      (0.9, 3.0, 0.2, 0.07, 0.95, 0.3, 0.01)):
     solver.solve(logits * 2, image + 1, labels, num_steps=3, eta=eta, lam=lam,
                  sigma_rgb=5.0, step_size=t, mirror_step_size=mt,
-                 momentum=beta, **opts)
+                 momentum=beta, adam_step_size=at, adam_decay=decay, **opts)
   assert solver._solve._cache_size() == size
 
 
@@ -239,8 +258,103 @@ def test_default_is_the_papers_plain_descent():
     (dict(method="mirror", cross_entropy="rce"), "supports cross_entropy"),
     (dict(method="mirror_momentum", neighborhood="dense", relaxation="bl"),
      "grid neighbourhoods"),
+    (dict(method="adam", optimizer=ADAM), "takes no optimizer"),
+    (dict(method="adam", neighborhood="dense", relaxation="bl"),
+     "grid neighbourhoods"),
+    (dict(warm_start="fine"), "unknown warm_start"),
+    (dict(warm_start="coarse", neighborhood="dense", relaxation="bl"),
+     "grid neighbourhoods"),
+    (dict(warm_start="coarse", warm_start_steps=-1), "warm_start_steps"),
+    (dict(warm_start="coarse", warm_start_steps=2.5), "warm_start_steps"),
 ])
 def test_bad_method_options_name_the_problem(options, match):
   logits, image, labels = _random_problem()
   with pytest.raises(ValueError, match=match):
     solver.solve(logits, image, labels, num_steps=2, **options)
+
+
+def _smooth_problem(b=2, h=9, w=11, k=3):
+  # A smooth image: every pair has a sizeable affinity, so that no gradient
+  # is ~0 at the start (where Adam's first step, g / |g|, is rounding noise).
+  logits, image, labels = _random_problem(b, h, w, k)
+  return logits, image * 0.1, labels
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_adam_matches_optax_adam_on_the_logits(case):
+  logits, image, labels = _smooth_problem()
+  for kernel in ("auto", "xla"):  # the native loop and the XLA loop
+    got = solver.solve(logits, image, labels, num_steps=20, method="adam",
+                       kernel=kernel, **CASES[case])
+    want = solver.solve(logits, image, labels, num_steps=20, method="optax",
+                        optimizer=ADAM, **CASES[case])
+    np.testing.assert_allclose(got, want, atol=5e-5)
+
+
+def test_adam_decay_is_the_geometric_step_schedule():
+  logits, image, labels = _smooth_problem()
+  n, t, decay = 12, 0.2, 0.05
+  schedule = optax.adam(lambda c: t * decay ** (c / (n - 1)))
+  for kernel in ("auto", "xla"):
+    got = solver.solve(logits, image, labels, num_steps=n, method="adam",
+                       adam_step_size=t, adam_decay=decay, kernel=kernel)
+    want = solver.solve(logits, image, labels, num_steps=n, method="optax",
+                        optimizer=schedule)
+    np.testing.assert_allclose(got, want, atol=5e-5)
+
+
+def test_adam_reaches_200_gd_steps_in_50_and_the_exact_optimum(shared_data):
+  # Issue 8's goal on two real photos (48 px, so weaker than the benchmark).
+  logits, image, labels = _photos(shared_data / "grabcut")
+  for case in CASES.values():
+    gd = solver.solve(logits, image, labels, num_steps=200, **case)
+    fast = solver.solve(logits, image, labels, num_steps=50, method="adam",
+                        **case)
+    e_gd, e_fast = (np.asarray(solver.energy(y, logits, image, labels,
+                                             **case)) for y in (gd, fast))
+    assert np.all(e_fast <= e_gd), (e_fast, e_gd)
+  exact = quadratic.solve_exact(logits, image, labels, eta=0.3, lam=6.0)
+  y = solver.solve(logits, image, labels, num_steps=200, method="adam",
+                   **CASES["q_q"])
+  assert quadratic.soft_jaccard(y, exact, labels == 255) > 0.99
+
+
+def test_coarse_inputs_pool_blocks():
+  k = 3
+  labels = np.full((1, 3, 5), 255, np.int32)
+  labels[0, 0, 0] = 1  # block (0, 0): one scribble -> class 1
+  labels[0, 0, 2:4] = [2, 2]  # block (0, 1): 2, 2 and 0 -> the majority 2
+  labels[0, 1, 2] = 0
+  labels[0, 2, :] = 254  # row 2 (the padded block row): all padding
+  labels[0, 2, 4] = 255  # ... but for one valid pixel
+  labels[0, 0:2, 4] = 254  # block (0, 2): padding only (with pad column)
+  image = np.arange(15, dtype=np.float32).reshape(1, 3, 5, 1) * np.ones(3)
+  sigma = jax.nn.softmax(np.random.default_rng(0).normal(size=(1, 3, 5, k)))
+  logits_c, image_c, labels_c = warm_start.coarse_inputs(sigma, image, labels)
+  chex.assert_shape([logits_c, image_c, labels_c],
+                    [(1, 2, 3, k), (1, 2, 3, 3), (1, 2, 3)])
+  np.testing.assert_array_equal(labels_c[0], [[1, 2, 254], [254, 254, 255]])
+  # Image and σ: means over the valid pixels of each block.
+  np.testing.assert_allclose(image_c[0, 0, 0], [3.0] * 3)  # (0 + 1 + 5 + 6)/4
+  np.testing.assert_allclose(image_c[0, 1, 2], [14.0] * 3)  # the one valid
+  np.testing.assert_allclose(jax.nn.softmax(logits_c)[0, 0, 1],
+                             np.mean(sigma[0, :2, 2:4], axis=(0, 1)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(jax.nn.softmax(logits_c)[0, 0, 2], 1 / k,
+                             rtol=1e-5)
+
+
+def test_coarse_warm_start_lowers_the_energy_of_few_fine_steps(shared_data):
+  logits, image, labels = _photos(shared_data / "grabcut")
+  case = CASES["cce_cd"]
+  energy = lambda y: np.asarray(solver.energy(y, logits, image, labels,
+                                              **case))
+  plain = solver.solve(logits, image, labels, num_steps=10, method="adam",
+                       **case)
+  warm = solver.solve(logits, image, labels, num_steps=10, method="adam",
+                      warm_start="coarse", warm_start_steps=25, **case)
+  assert np.all(energy(warm) < energy(plain)), (energy(warm), energy(plain))
+  # Zero coarse steps: the start is the upsampled pooled prediction.
+  zero = solver.solve(logits, image, labels, num_steps=0,
+                      warm_start="coarse", warm_start_steps=0, **case)
+  np.testing.assert_allclose(np.sum(zero, -1), 1.0, atol=1e-5)

@@ -1,11 +1,16 @@
 // The soft pseudo-label solver's loop on the CPU, as one XLA FFI call.
 //
-// Computes the iterates of the XLA loop in potts_jax/solver.py (equal up to
-// float32 rounding: the order of sums differs)
-// (plain descent on the logits carried out on the unnormalised iterate v,
-// y = v / sum_k v):
+// Computes the iterates of the XLA loops in potts_jax/solver_loop.py (equal
+// up to float32 rounding: the order of sums differs) of two updates on the
+// logits, both carried out on the unnormalised iterate v (y = v / sum_k v,
+// and l <- l - delta is v <- r v exp(-delta) since softmax(l - delta) is
+// proportional to softmax(l) exp(-delta)):
 //
-//   v <- r v exp(-t * free * grad),  grad = y (.) (g - y^T g),  g = dE/dy,
+//   gd:    v <- r v exp(-t * free * grad),  grad = y (.) (g - y^T g),  g = dE/dy,
+//   adam:  gr = free * grad,  m <- b1 m + (1 - b1) gr,  s <- b2 s + (1 - b2) gr^2,
+//          v <- r v exp(-t_n (m / (1 - b1^n)) / (sqrt(s / (1 - b2^n)) + eps))
+//          at step n = 1, 2, ... with t_n = t decay^((n - 1) / (N - 1))
+//          (optax.adam's update; potts_jax/updates.py, adam_loop),
 //
 // for a grid neighbourhood (nn4: offsets (0,1),(1,0); nn8: also (1,1),(1,-1))
 // and any relaxation / cross-entropy of potts.py / losses.py, with the same
@@ -15,7 +20,7 @@
 // row h's update are computed together, so v and sigma are read from memory
 // once per step and no per-pixel coefficient plane is recomputed per class.
 // Images are distributed over threads; each thread runs all steps of its
-// images. Keep the formulas in step with solver._logit_step (the tests compare
+// images. Keep the formulas in step with solver_terms.logit_step (the tests compare
 // the two on every relaxation and cross-entropy).
 
 #include <algorithm>
@@ -36,6 +41,8 @@ namespace {
 // (checked from Python by cpu_solver.py).
 enum Relaxation { kBl = 0, kQ, kNq, kCce, kCd, kLq };
 enum CrossEntropy { kCe = 0, kRce, kCceH, kQH };
+// Update codes; the order is cpu_solver.METHODS.
+enum Method { kGd = 0, kAdam };
 
 constexpr int kMaxOffsets = 4;
 constexpr int kMaxVectors = 64;  // 512 classes.
@@ -50,6 +57,13 @@ constexpr int kLanes = 8;
 
 inline __attribute__((always_inline)) v8 splat(float x) {
   return v8{x, x, x, x, x, x, x, x};
+}
+
+// Lane-wise sqrt (vectorised by the compiler: -fno-math-errno).
+inline __attribute__((always_inline)) v8 sqrt8(v8 x) {
+  v8 out;
+  for (int l = 0; l < 8; ++l) out[l] = std::sqrt(x[l]);
+  return out;
 }
 
 inline __attribute__((always_inline)) float hsum(v8 x) {
@@ -112,10 +126,12 @@ inline __attribute__((always_inline)) void partials(
 // Inside the kernel, every pixel's K classes are padded with zeros to kp =
 // nv * 8 lanes: a zero class stays zero (its update multiplies 0) and adds
 // nothing to any sum, so padding changes no result.
+// step is the step of the current iteration (t, or t_n for adam); c1, c2
+// are adam's bias corrections 1 / (1 - b1^n), 1 / (1 - b2^n) at step n.
 struct Problem {
   int64_t h, w, k, d, nv;
-  int relaxation, cross_entropy;
-  float eps, step;
+  int relaxation, cross_entropy, method;
+  float eps, step, b1, b2, adam_eps, c1, c2;
 };
 
 // Per-thread planes for one image, [H * W] each.
@@ -175,11 +191,11 @@ struct Rows {
     }
   }
 
-  // The update of row `row` from v into out. Needs pair_row of rows row - 1
-  // and row.
+  // The update of row `row` from v into out (and, for adam, of the moments
+  // m1, m2 in place). Needs pair_row of rows row - 1 and row.
   __attribute__((noinline)) static void update(const Problem& pb, const v8* v, const v8* sig,
                      const v8* logsig, const float* m, const float* fr,
-                     int64_t row, const Planes& pl, v8* out) {
+                     int64_t row, const Planes& pl, v8* m1, v8* m2, v8* out) {
     const int64_t H = pb.h, W = pb.w, n = H * W, V = nv(pb);
     for (int64_t c = 0; c < W; ++c) {
       const int64_t i = row * W + c;
@@ -230,7 +246,8 @@ struct Rows {
           break;
       }
       const float alpha = 2.f * diag * r * r, delta = r * ydotg;
-      const float mt = -pb.step * fr[i];
+      // gd: the step -t free grad; adam: the gradient free grad.
+      const float mt = pb.method == kAdam ? fr[i] : -pb.step * fr[i];
       const v8* vi = v + i * V;
       const v8* si = sig + i * V;
       v8* oi = out + i * V;
@@ -255,6 +272,16 @@ struct Rows {
             break;
         }
         z[j] = mt * grad;
+      }
+      if (pb.method == kAdam) {
+        v8* mi = m1 + i * V;
+        v8* si2 = m2 + i * V;
+        for (int64_t j = 0; j < V; ++j) {
+          const v8 gr = z[j];
+          mi[j] = (1.f - pb.b1) * gr + pb.b1 * mi[j];
+          si2[j] = (1.f - pb.b2) * (gr * gr) + pb.b2 * si2[j];
+          z[j] = -pb.step * ((mi[j] * pb.c1) / (sqrt8(si2[j] * pb.c2) + pb.adam_eps));
+        }
       }
       // The exps last and side by side, so that their chains overlap.
       for (int64_t j = 0; j < V; ++j) oi[j] = r * vi[j] * exp8(z[j]);
@@ -300,7 +327,7 @@ using SumsFn = void (*)(const Problem&, const v8*, const v8*, const v8*,
 using PairFn = void (*)(const Problem&, const float*, int64_t, Planes&);
 using UpdateFn = void (*)(const Problem&, const v8*, const v8*, const v8*,
                           const float*, const float*, int64_t, const Planes&,
-                          v8*);
+                          v8*, v8*, v8*);
 
 // The row functions for one problem, picked once per call.
 struct RowFns {
@@ -313,13 +340,28 @@ struct RowFns {
 // in one sweep, so that the rows a step reads are in cache when it needs them.
 void step_image(const Problem& pb, const RowFns& fn, const v8* v,
                 const v8* sig, const v8* logsig, const float* wts,
-                const float* m, const float* fr, Planes& pl, v8* out) {
+                const float* m, const float* fr, Planes& pl, v8* m1, v8* m2,
+                v8* out) {
   fn.sums(pb, v, sig, logsig, 0, pl);
   for (int64_t row = 0; row < pb.h; ++row) {
     if (row + 1 < pb.h) fn.sums(pb, v, sig, logsig, row + 1, pl);
     fn.pairs(pb, wts, row, pl);
-    fn.update(pb, v, sig, logsig, m, fr, row, pl, out);
+    fn.update(pb, v, sig, logsig, m, fr, row, pl, m1, m2, out);
   }
+}
+
+// The Problem of step t (0-based) of num_steps: adam's step size and bias
+// corrections (in double, then rounded, as optax rounds 1 - b^n).
+Problem at_step(const Problem& pb, float decay, int64_t t, int64_t num_steps) {
+  Problem ps = pb;
+  if (pb.method == kAdam) {
+    const double frac =
+        num_steps > 1 ? static_cast<double>(t) / (num_steps - 1) : 0.0;
+    ps.step = static_cast<float>(pb.step * std::pow(static_cast<double>(decay), frac));
+    ps.c1 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(pb.b1), t + 1)));
+    ps.c2 = static_cast<float>(1.0 / (1.0 - std::pow(static_cast<double>(pb.b2), t + 1)));
+  }
+  return ps;
 }
 
 // [n, K] floats -> [n, nv] zero-padded vectors, and back.
@@ -340,22 +382,27 @@ void unpad_classes(const v8* x, int64_t n, int64_t k, int64_t nv, float* out) {
 
 // All steps for images b0..b1-1 (one thread's share), from v0 into out.
 void solve_images(const Problem& pb, const RowFns& fn, int64_t num_steps,
-                  int64_t b0, int64_t b1, const float* v0, const float* sig,
-                  const float* logsig, const float* wts, const float* m,
-                  const float* fr, float* out) {
+                  float decay, int64_t b0, int64_t b1, const float* v0,
+                  const float* sig, const float* logsig, const float* wts,
+                  const float* m, const float* fr, float* out) {
   const int64_t n = pb.h * pb.w, K = pb.k, V = pb.nv;
   Planes pl(n, pb.d);
   std::vector<v8> va(n * V), vb(n * V), sp(n * V);
   std::vector<v8> lp(pb.cross_entropy == kCe ? n * V : 0);
+  const int64_t nm = pb.method == kAdam ? n * V : 0;
+  std::vector<v8> m1(nm), m2(nm);  // adam's moments
   for (int64_t b = b0; b < b1; ++b) {
     pad_classes(v0 + b * n * K, n, K, V, va.data());
     pad_classes(sig + b * n * K, n, K, V, sp.data());
     if (!lp.empty()) pad_classes(logsig + b * n * K, n, K, V, lp.data());
+    std::fill(m1.begin(), m1.end(), splat(0.f));
+    std::fill(m2.begin(), m2.end(), splat(0.f));
     v8* src = va.data();
     v8* dst = vb.data();
     for (int64_t t = 0; t < num_steps; ++t) {
-      step_image(pb, fn, src, sp.data(), lp.data(), wts + b * n * pb.d,
-                 m + b * n, fr + b * n, pl, dst);
+      step_image(at_step(pb, decay, t, num_steps), fn, src, sp.data(),
+                 lp.data(), wts + b * n * pb.d, m + b * n, fr + b * n, pl,
+                 m1.data(), m2.data(), dst);
       std::swap(src, dst);
     }
     unpad_classes(src, n, K, V, out + b * n * K);
@@ -399,10 +446,10 @@ ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
                          ffi::Buffer<ffi::F32> weights,
                          ffi::Buffer<ffi::F32> unary_weight,
                          ffi::Buffer<ffi::F32> free,
-                         ffi::Buffer<ffi::F32> step_size,
+                         ffi::Buffer<ffi::F32> params,
                          ffi::ResultBuffer<ffi::F32> out, int64_t num_steps,
-                         int64_t relaxation, int64_t cross_entropy, float eps,
-                         int64_t num_threads) {
+                         int64_t relaxation, int64_t cross_entropy,
+                         int64_t method, float eps, int64_t num_threads) {
   const auto dims = v0.dimensions();
   if (dims.size() != 4) {
     return ffi::Error::InvalidArgument("v0 must be [B, H, W, K]");
@@ -415,15 +462,23 @@ ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
         "weights must be [B, H, W, 2] (nn4) or [B, H, W, 4] (nn8)");
   }
   if (relaxation < 0 || relaxation > kLq || cross_entropy < 0 ||
-      cross_entropy > kQH || num_steps < 0) {
+      cross_entropy > kQH || num_steps < 0 || method < 0 || method > kAdam) {
     return ffi::Error::InvalidArgument(
-        "bad relaxation, cross_entropy or num_steps code: " +
+        "bad relaxation, cross_entropy, method or num_steps code: " +
         std::to_string(relaxation) + ", " + std::to_string(cross_entropy) +
-        ", " + std::to_string(num_steps));
+        ", " + std::to_string(method) + ", " + std::to_string(num_steps));
   }
+  if (params.element_count() != 5) {
+    return ffi::Error::InvalidArgument(
+        "params must be [step, decay, b1, b2, eps]; got " +
+        std::to_string(params.element_count()) + " values");
+  }
+  const float* pv = params.typed_data();
   const int64_t nv = (K + kLanes - 1) / kLanes;
   Problem pb{H, W, K, wd[3], nv, static_cast<int>(relaxation),
-             static_cast<int>(cross_entropy), eps, step_size.typed_data()[0]};
+             static_cast<int>(cross_entropy), static_cast<int>(method), eps,
+             pv[0], pv[2], pv[3], pv[4], 1.f, 1.f};
+  const float decay = pv[1];
   if (nv > kMaxVectors) {
     return ffi::Error::InvalidArgument(
         "at most " + std::to_string(kMaxVectors * kLanes) +
@@ -436,7 +491,7 @@ ffi::Error GridSolveImpl(ffi::Buffer<ffi::F32> v0, ffi::Buffer<ffi::F32> sigma,
   threads = std::max<int64_t>(1, std::min(threads, B));
   auto run = [&](int64_t t) {
     const int64_t b0 = B * t / threads, b1 = B * (t + 1) / threads;
-    solve_images(pb, fn, num_steps, b0, b1, v0.typed_data(),
+    solve_images(pb, fn, num_steps, decay, b0, b1, v0.typed_data(),
                  sigma.typed_data(), log_sigma.typed_data(),
                  weights.typed_data(), unary_weight.typed_data(),
                  free.typed_data(), out->typed_data());
@@ -458,10 +513,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(PottsGridSolve, GridSolveImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // weights
                                   .Arg<ffi::Buffer<ffi::F32>>()  // unary_weight
                                   .Arg<ffi::Buffer<ffi::F32>>()  // free
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // step_size
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // params
                                   .Ret<ffi::Buffer<ffi::F32>>()  // v
                                   .Attr<int64_t>("num_steps")
                                   .Attr<int64_t>("relaxation")
                                   .Attr<int64_t>("cross_entropy")
+                                  .Attr<int64_t>("method")
                                   .Attr<float>("eps")
                                   .Attr<int64_t>("num_threads"));
