@@ -25,11 +25,13 @@ The unary (the "network" σ of ARCHITECTURE §3) is, by ``--unary``:
 The solver (:func:`potts_jax.solver.solve`) then minimises
 ``E(y) = η Σ H(σ_i, y_i) + λ Σ w_ij P(y_i, y_j)`` with the scribbles fixed;
 the mask is ``argmax y``. The defaults (:data:`DEFAULTS`: H_CCE + P_CD,
-8-NN, η 1, λ 150, σ_rgb 20, histogram 16³ bins blurred by 0.5 bin, 200 Adam
-steps of 0.1) were chosen by a small sweep on the 13 GrabCut photos of
-:data:`potts_jax.segment_benchmark.TUNING_NAMES` (set 1, 240 px; the other
-37 are held out, benchmarks/RESULTS.md); the
-network defaults of the paper (η 0.3, λ 6, σ_rgb 9) are far too weak a Potts
+8-NN, η 1, λ 100, σ_rgb 45, histogram 16³ bins blurred by 0.5 bin, 200 Adam
+steps of 0.1): λ and σ_rgb are the best mean error of a 6 × 5 (+6) grid
+(:func:`potts_jax.segment_benchmark.tune`) on the 13 GrabCut photos of
+:data:`potts_jax.segment_benchmark.TUNING_NAMES` only (set 1, 240 px; the
+other 37 are held out; benchmarks/RESULTS.md); η, the blur and the solver
+come from an earlier, unrecorded sweep. The network defaults of the paper
+(η 0.3, λ 6, σ_rgb 9) are far too weak a Potts
 term for a colour-histogram unary. Writes ``--out`` (PNG, class ids), ``*_soft.png``
 next to it (:func:`potts_jax.viz.colorize` of ``y``) and prints one JSON line
 with the energy.
@@ -71,7 +73,7 @@ MAX_CLASSES = 64
 
 DEFAULTS = dict(unary="histogram", bins=16, hist_blur=0.5, bandwidth=30.0,
                 relaxation="cd", cross_entropy="cce", neighborhood="nn8",
-                eta=1.0, lam=150.0, sigma_rgb=20.0, sigma_xy=100.0,
+                eta=1.0, lam=100.0, sigma_rgb=45.0, sigma_xy=100.0,
                 num_steps=200, method="adam", step_size=0.075, adam_lr=0.1)
 
 

@@ -5,7 +5,7 @@ DIR --set set1``, see :mod:`potts_jax.segment`) or, for the tuning grid and
 the RESULTS.md tables, as::
 
   python -m potts_jax.segment_benchmark tune --root ../shared/data/grabcut \
-      --lams 50,100,150,250,400 --sigma_rgbs 10,15,20,30 \
+      --lams 50,100,150,250,400,600 --sigma_rgbs 10,15,20,30,45 \
       --out benchmarks/results/segment_tuning.jsonl
   python -m potts_jax.segment_benchmark report \
       --inputs benchmarks/results/segment_set1.jsonl,benchmarks/results/segment_set2.jsonl \
@@ -384,8 +384,10 @@ def _flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("root", "../shared/data/grabcut", "GrabCut-layout folder.")
   flags.DEFINE_enum("set", "set1", ["set1", "set2"], "tune: scribble set.")
-  flags.DEFINE_list("lams", ["50", "100", "150", "250", "400"], "tune: λ grid.")
-  flags.DEFINE_list("sigma_rgbs", ["10", "15", "20", "30"], "tune: σ_rgb grid.")
+  flags.DEFINE_list("lams", ["50", "100", "150", "250", "400", "600"],
+                    "tune: λ grid.")
+  flags.DEFINE_list("sigma_rgbs", ["10", "15", "20", "30", "45"],
+                    "tune: σ_rgb grid.")
   flags.DEFINE_integer("max_size", 240, "tune: long side.")
   flags.DEFINE_string("out", None, "tune: append the grid's JSON lines here.")
   flags.DEFINE_list("inputs", [], "report: benchmark JSON lines files.")

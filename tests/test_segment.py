@@ -164,7 +164,7 @@ def test_benchmark_table_matches_numpy(tmp_path):
   text = table.read_text()
   assert len(rows) == 2 * len(bench.METHODS)
   meta, read_back = bench.read_jsonl(jsonl)
-  assert read_back == rows and meta["options"]["lam"] == 150.0
+  assert read_back == rows and meta["options"] == dict(segment.DEFAULTS, num_steps=40)
   assert meta["cpu_count"] == os.cpu_count() and meta["jax"]
   for method in bench.METHODS:
     errors = []
