@@ -49,6 +49,13 @@ TARGET = "potts_jax_grid_solve"
 #: Most classes the kernel takes (kMaxVectors * 8 in grid_solver.cc); the
 #: solver runs the XLA loop beyond it.
 MAX_CLASSES = 512
+#: Fewest classes for which ``kernel="auto"`` takes the native loop. The
+#: kernel vectorises over the classes of one pixel (8 lanes) and does its
+#: per-pixel work in scalar code, so with one vector per pixel (K <= 8) the
+#: XLA loop, which vectorises over pixels, is faster: measured 2-4x at
+#: 128x128, K = 2, 4, 8, B = 1 and 4, and the native loop 1.3-1.5x faster
+#: from K = 11 at B = 4 (benchmarks/RESULTS.md, solver options).
+MIN_CLASSES = 9
 FLAGS = (
     "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
     "-fno-math-errno", "-ffp-contract=fast",
@@ -137,15 +144,20 @@ def available() -> bool:
   return True
 
 
-def applies(num_classes: int) -> bool:
+def applies(num_classes: int, kernel: str = "auto") -> bool:
   """Whether ``solver`` should run its grid loop natively.
 
   True when JAX's default backend is the CPU (on GPU/TPU machines nothing is
-  compiled), ``num_classes`` is at most :data:`MAX_CLASSES` and
-  :func:`available`.
+  compiled), :func:`available`, and ``num_classes`` is at most
+  :data:`MAX_CLASSES` and, for ``kernel="auto"``, at least
+  :data:`MIN_CLASSES` (``kernel="native"`` takes any count; ``"xla"``
+  never the native loop).
   """
-  return (num_classes <= MAX_CLASSES and jax.default_backend() == "cpu"
-          and available())
+  if kernel == "xla":
+    return False
+  least = MIN_CLASSES if kernel == "auto" else 1
+  return (least <= num_classes <= MAX_CLASSES
+          and jax.default_backend() == "cpu" and available())
 
 
 def _threads() -> int:

@@ -33,8 +33,9 @@ How it is computed (same iterates as the textbook autodiff loop, measured in
 * On the CPU backend, plain descent on a grid runs as one native call
   (:mod:`potts_jax.cpu_solver`, ``native/grid_solver.cc``): the same
   formulas, one sweep over the rows of each image per step, images spread
-  over threads (1.5-2.3x the XLA:CPU loop, benchmarks/RESULTS.md), and so
-  does ``method="adam"``. Other backends, the optax and mirror methods,
+  over threads (1.5-2.3x the XLA:CPU loop at K = 21, benchmarks/RESULTS.md;
+  from K = 9 by default, as the XLA loop is faster for fewer classes), and
+  so does ``method="adam"``. Other backends, the optax and mirror methods,
   :func:`solve_with_energies` and ``kernel="xla"`` use the XLA loop.
 * ``method=`` selects the update (:mod:`potts_jax.updates`): ``"gd"`` (the
   above), ``"adam"`` (optax.adam's update on the logits, carried out on
@@ -171,8 +172,11 @@ def solve(
       object retraces).
     kernel: ``auto`` runs ``"gd"`` and ``"adam"`` on the CPU backend as one
       native call (:mod:`potts_jax.cpu_solver`, same iterates up to float32
-      rounding) when it could be built, and the XLA loop elsewhere; ``xla``
-      always runs the XLA loop.
+      rounding) when it could be built and ``K`` is at least
+      :data:`potts_jax.cpu_solver.MIN_CLASSES` (below, the XLA loop is the
+      faster), and the XLA loop elsewhere; ``native`` takes the native call
+      for any ``K`` on the CPU backend (ValueError where it could not be
+      built); ``xla`` always runs the XLA loop.
     sigma_xy: spatial bandwidth of ``dense`` in pixels (100 on VOC).
     scale_factor: static; ``dense`` filters at this fraction of the size
       (:func:`potts_jax.bilateral.prepare`).

@@ -13,13 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from potts_jax import bilateral
+from potts_jax import cpu_solver
 from potts_jax import labels as label_codes
 from potts_jax import losses
 from potts_jax import neighborhoods
 from potts_jax import potts
 
 #: The loops :func:`potts_jax.solver.solve` can run (``kernel=``).
-KERNELS = ("auto", "xla")
+KERNELS = ("auto", "xla", "native")
 
 
 def validate_inputs(logits: Any, image: Any, labels: Any) -> None:
@@ -73,6 +74,10 @@ def check_options(relaxation: str, cross_entropy: str, neighborhood: str,
   """Raises ``ValueError`` naming an unknown name or a bad ``num_steps``."""
   if kernel not in KERNELS:
     raise ValueError(f"unknown kernel {kernel!r}; expected one of {KERNELS}")
+  if kernel == "native" and not cpu_solver.available():
+    raise ValueError("kernel='native' needs the native CPU loop, which is "
+                     "unavailable here (see the warning of "
+                     "potts_jax.cpu_solver.available)")
   check_names(relaxation, cross_entropy, neighborhood)
   if not isinstance(num_steps, (int, np.integer)) or num_steps < 0:
     raise ValueError(f"num_steps must be an int >= 0; got {num_steps!r}")

@@ -132,8 +132,8 @@ def _grid_solve(prob, v0, hyper, *, relaxation, cross_entropy, num_steps,
   def xla_loop(carry):
     return jax.lax.fori_loop(0, num_steps, lambda _, c: step(c), carry)
 
-  if (method in cpu_solver.METHODS and kernel == "auto"
-      and cpu_solver.applies(v0.shape[-1])):
+  if (method in cpu_solver.METHODS
+      and cpu_solver.applies(v0.shape[-1], kernel)):
     def native_loop(carry):
       return cpu_solver.descend(
           to_v(carry), prob.sigma, prob.log_sigma,

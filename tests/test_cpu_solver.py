@@ -27,7 +27,7 @@ def test_native_loop_builds_here():
 
 
 def _both(logits, image, labels, **options):
-  native = solver.solve(logits, image, labels, kernel="auto", **options)
+  native = solver.solve(logits, image, labels, kernel="native", **options)
   xla = solver.solve(logits, image, labels, kernel="xla", **options)
   return native, xla
 
@@ -95,13 +95,26 @@ def test_native_warm_start_equals_xla(method):
 def test_adam_step_size_is_a_value_not_a_constant():
   logits, image, labels = _smooth(*_problem())
   a = solver.solve(logits, image, labels, num_steps=5, method="adam",
-                   adam_step_size=0.01)
+                   adam_step_size=0.01, kernel="native")
   b = solver.solve(logits, image, labels, num_steps=5, method="adam",
-                   adam_step_size=0.2)
+                   adam_step_size=0.2, kernel="native")
   assert float(jnp.max(jnp.abs(a - b))) > 1e-3
   _, xla = _both(logits, image, labels, num_steps=5, method="adam",
                  adam_step_size=0.2)
   chex.assert_trees_all_close(b, xla, atol=2e-5)
+
+
+def test_auto_takes_the_native_loop_from_min_classes():
+  assert not cpu_solver.applies(cpu_solver.MIN_CLASSES - 1)
+  assert cpu_solver.applies(cpu_solver.MIN_CLASSES)
+  assert cpu_solver.applies(2, "native")
+  assert not cpu_solver.applies(cpu_solver.MIN_CLASSES, "xla")
+  assert not cpu_solver.applies(cpu_solver.MAX_CLASSES + 1, "native")
+  # Same result either way (the native loop up to float32 rounding).
+  logits, image, labels = _problem(k=cpu_solver.MIN_CLASSES)
+  auto, xla = (solver.solve(logits, image, labels, num_steps=10, kernel=kernel)
+               for kernel in ("auto", "xla"))
+  chex.assert_trees_all_close(auto, xla, atol=2e-5)
 
 
 def test_descend_names_a_bad_method():
@@ -121,7 +134,8 @@ def test_zero_steps_returns_the_reset_prediction():
 def test_vmap_and_jit_over_the_native_loop():
   logits, image, labels = _problem(b=2)
   stacked = [np.stack([x, x[::-1]]) for x in (logits, image, labels)]
-  fn = jax.jit(jax.vmap(lambda l, i, s: solver.solve(l, i, s, num_steps=5)))
+  fn = jax.jit(jax.vmap(lambda l, i, s: solver.solve(l, i, s, num_steps=5,
+                                                      kernel="native")))
   out = fn(*stacked)
   chex.assert_shape(out, (2, *logits.shape))
   for j in range(2):
@@ -132,8 +146,10 @@ def test_vmap_and_jit_over_the_native_loop():
 
 def test_step_size_is_a_value_not_a_constant():
   logits, image, labels = _problem()
-  a = solver.solve(logits, image, labels, num_steps=5, step_size=0.01)
-  b = solver.solve(logits, image, labels, num_steps=5, step_size=0.2)
+  a = solver.solve(logits, image, labels, num_steps=5, step_size=0.01,
+                   kernel="native")
+  b = solver.solve(logits, image, labels, num_steps=5, step_size=0.2,
+                   kernel="native")
   assert float(jnp.max(jnp.abs(a - b))) > 1e-4
   _, xla = _both(logits, image, labels, num_steps=5, step_size=0.2)
   chex.assert_trees_all_close(b, xla, atol=2e-6)

@@ -30,16 +30,19 @@ OPTIONS = {
     "optax_nesterov": dict(method="optax", optimizer=NESTEROV),
     "mirror": dict(method="mirror"),
     "mirror_momentum": dict(method="mirror_momentum"),
-    "adam": dict(method="adam"),
+    # K < cpu_solver.MIN_CLASSES here, so "auto" is the XLA loop.
+    "gd_native": dict(method="gd", kernel="native"),
+    "adam_native": dict(method="adam", kernel="native"),
     "adam_xla": dict(method="adam", kernel="xla"),
     "adam_coarse": dict(method="adam", warm_start="coarse",
                         warm_start_steps=10),
-    "gd_coarse": dict(method="gd", warm_start="coarse", warm_start_steps=10),
+    "gd_coarse_native": dict(method="gd", warm_start="coarse",
+                             warm_start_steps=10, kernel="native"),
 }
 # Options whose step divides by the gradient's RMS, which amplifies rounding
 # differences where the gradient is ~0 (scan vs fori_loop fusion, native vs
 # XLA): compared through their energies.
-RMS_SCALED = ("optax_adam", "adam", "adam_xla", "adam_coarse")
+RMS_SCALED = ("optax_adam", "adam_native", "adam_xla", "adam_coarse")
 CASES = {"cce_cd": dict(cross_entropy="cce", relaxation="cd"),
          "q_q": dict(cross_entropy="q", relaxation="q")}
 
@@ -75,8 +78,6 @@ def test_real_photos_scribbles_kept_simplex_energy_down(shared_data, option,
                                                          case):
   logits, image, labels = _photos(shared_data / "grabcut")
   opts = dict(**OPTIONS[option], **CASES[case])
-  if opts.get("kernel") != "xla":  # solve_with_energies always runs XLA.
-    opts.pop("kernel", None)
   y, energies = solver.solve_with_energies(logits, image, labels,
                                            num_steps=40, **opts)
   y, energies = np.asarray(y), np.asarray(energies)
@@ -283,7 +284,7 @@ def _smooth_problem(b=2, h=9, w=11, k=3):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_adam_matches_optax_adam_on_the_logits(case):
   logits, image, labels = _smooth_problem()
-  for kernel in ("auto", "xla"):  # the native loop and the XLA loop
+  for kernel in ("native", "xla"):  # the native loop and the XLA loop
     got = solver.solve(logits, image, labels, num_steps=20, method="adam",
                        kernel=kernel, **CASES[case])
     want = solver.solve(logits, image, labels, num_steps=20, method="optax",
@@ -295,7 +296,7 @@ def test_adam_decay_is_the_geometric_step_schedule():
   logits, image, labels = _smooth_problem()
   n, t, decay = 12, 0.2, 0.05
   schedule = optax.adam(lambda c: t * decay ** (c / (n - 1)))
-  for kernel in ("auto", "xla"):
+  for kernel in ("native", "xla"):
     got = solver.solve(logits, image, labels, num_steps=n, method="adam",
                        adam_step_size=t, adam_decay=decay, kernel=kernel)
     want = solver.solve(logits, image, labels, num_steps=n, method="optax",

@@ -134,11 +134,14 @@ struct Problem {
   float eps, step, b1, b2, adam_eps, c1, c2;
 };
 
-// Per-thread planes for one image, [H * W] each.
+// Per-thread planes for one image, [H * W] each, and the exponents of one
+// row's update, [W * nv].
 struct Planes {
-  Planes(int64_t n, int64_t d)
-      : r(n), a(n), u1(n), u2(n), s(d * n), fs(d * n), fa(d * n), fb(d * n) {}
+  Planes(int64_t n, int64_t d, int64_t row_vectors)
+      : r(n), a(n), u1(n), u2(n), s(d * n), fs(d * n), fa(d * n), fb(d * n),
+        z(row_vectors) {}
   std::vector<float> r, a, u1, u2, s, fs, fa, fb;
+  std::vector<v8> z;
 };
 
 // NV > 0: the number of 8-lane vectors per pixel, known at compile time;
@@ -192,10 +195,14 @@ struct Rows {
   }
 
   // The update of row `row` from v into out (and, for adam, of the moments
-  // m1, m2 in place). Needs pair_row of rows row - 1 and row.
+  // m1, m2 in place). Needs pair_row of rows row - 1 and row. The exponents
+  // go to the row buffer zr first; the moments and exps then run over the
+  // whole row, so that the dependency chains of neighbouring pixels overlap
+  // (with one vector per pixel a pixel's own exp chain would stall).
   __attribute__((noinline)) static void update(const Problem& pb, const v8* v, const v8* sig,
                      const v8* logsig, const float* m, const float* fr,
-                     int64_t row, const Planes& pl, v8* m1, v8* m2, v8* out) {
+                     int64_t row, const Planes& pl, v8* zr, v8* m1, v8* m2,
+                     v8* out) {
     const int64_t H = pb.h, W = pb.w, n = H * W, V = nv(pb);
     for (int64_t c = 0; c < W; ++c) {
       const int64_t i = row * W + c;
@@ -250,8 +257,7 @@ struct Rows {
       const float mt = pb.method == kAdam ? fr[i] : -pb.step * fr[i];
       const v8* vi = v + i * V;
       const v8* si = sig + i * V;
-      v8* oi = out + i * V;
-      v8 z[NV > 0 ? NV : kMaxVectors];
+      v8* z = zr + c * V;
       for (int64_t j = 0; j < V; ++j) {
         // r g - y^T g in units of v, then y (.) that plus the unary part.
         v8 g = alpha * vi[j] - delta;
@@ -273,18 +279,25 @@ struct Rows {
         }
         z[j] = mt * grad;
       }
-      if (pb.method == kAdam) {
-        v8* mi = m1 + i * V;
-        v8* si2 = m2 + i * V;
-        for (int64_t j = 0; j < V; ++j) {
-          const v8 gr = z[j];
-          mi[j] = (1.f - pb.b1) * gr + pb.b1 * mi[j];
-          si2[j] = (1.f - pb.b2) * (gr * gr) + pb.b2 * si2[j];
-          z[j] = -pb.step * ((mi[j] * pb.c1) / (sqrt8(si2[j] * pb.c2) + pb.adam_eps));
-        }
+    }
+    const int64_t i0 = row * W * V;
+    if (pb.method == kAdam) {
+      v8* mr = m1 + i0;
+      v8* sr = m2 + i0;
+      for (int64_t q = 0; q < W * V; ++q) {
+        const v8 gr = zr[q];
+        mr[q] = (1.f - pb.b1) * gr + pb.b1 * mr[q];
+        sr[q] = (1.f - pb.b2) * (gr * gr) + pb.b2 * sr[q];
+        zr[q] = -pb.step * ((mr[q] * pb.c1) / (sqrt8(sr[q] * pb.c2) + pb.adam_eps));
       }
-      // The exps last and side by side, so that their chains overlap.
-      for (int64_t j = 0; j < V; ++j) oi[j] = r * vi[j] * exp8(z[j]);
+    }
+    const v8* vr = v + i0;
+    v8* orow = out + i0;
+    for (int64_t c = 0; c < W; ++c) {
+      const float r = pl.r[row * W + c];
+      for (int64_t j = 0; j < V; ++j) {
+        orow[c * V + j] = r * vr[c * V + j] * exp8(zr[c * V + j]);
+      }
     }
   }
 };
@@ -327,7 +340,7 @@ using SumsFn = void (*)(const Problem&, const v8*, const v8*, const v8*,
 using PairFn = void (*)(const Problem&, const float*, int64_t, Planes&);
 using UpdateFn = void (*)(const Problem&, const v8*, const v8*, const v8*,
                           const float*, const float*, int64_t, const Planes&,
-                          v8*, v8*, v8*);
+                          v8*, v8*, v8*, v8*);
 
 // The row functions for one problem, picked once per call.
 struct RowFns {
@@ -346,7 +359,7 @@ void step_image(const Problem& pb, const RowFns& fn, const v8* v,
   for (int64_t row = 0; row < pb.h; ++row) {
     if (row + 1 < pb.h) fn.sums(pb, v, sig, logsig, row + 1, pl);
     fn.pairs(pb, wts, row, pl);
-    fn.update(pb, v, sig, logsig, m, fr, row, pl, m1, m2, out);
+    fn.update(pb, v, sig, logsig, m, fr, row, pl, pl.z.data(), m1, m2, out);
   }
 }
 
@@ -386,7 +399,7 @@ void solve_images(const Problem& pb, const RowFns& fn, int64_t num_steps,
                   const float* sig, const float* logsig, const float* wts,
                   const float* m, const float* fr, float* out) {
   const int64_t n = pb.h * pb.w, K = pb.k, V = pb.nv;
-  Planes pl(n, pb.d);
+  Planes pl(n, pb.d, pb.w * V);
   std::vector<v8> va(n * V), vb(n * V), sp(n * V);
   std::vector<v8> lp(pb.cross_entropy == kCe ? n * V : 0);
   const int64_t nm = pb.method == kAdam ? n * V : 0;
