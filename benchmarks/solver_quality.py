@@ -8,11 +8,16 @@ term) to a square so that every image shares one compiled solver, with smooth
 random logits (a gaussian-filtered noise field, std ``--logit-std``; no
 network). For every image and number of steps it compares the solver
 (``relaxation='q', cross_entropy='q'``, plain descent, step 0.075, η 0.3,
-λ 6) with :func:`potts_jax.quadratic.solve_exact`::
+λ 6; or the update ``--method``, see :data:`METHODS`) with
+:func:`potts_jax.quadratic.solve_exact`::
 
   python benchmarks/solver_quality.py                     # 50 images
   python benchmarks/solver_quality.py --num-images 5 --steps 100,1000
   python benchmarks/solver_quality.py --out quality.jsonl # resumable
+  python benchmarks/solver_quality.py --method adam --steps 25,50,100,200
+
+``benchmarks/solver_options.py`` compares all update options at once (energy
+gaps on GrabCut and CamVid, both cases, timings).
 
 Prints one JSON object per (image, steps): soft Jaccard over the unlabeled
 pixels, the relative energy gap ``(E(y) - E(y*)) / |E(y*)|`` (both energies
@@ -46,6 +51,14 @@ from potts_jax import quadratic, solver  # noqa: E402
 from potts_jax.data import folder, synthetic  # noqa: E402
 
 PADDING, UNLABELED = folder.PADDING, 255
+#: ``--method`` -> solver options (``gd`` uses ``--step-size``).
+METHODS = {
+    "gd": dict(),
+    "adam": dict(method="adam"),
+    "adam_coarse": dict(method="adam", warm_start="coarse",
+                        warm_start_steps=25),
+    "mirror_momentum": dict(method="mirror_momentum"),
+}
 
 
 def problem(root: Path, name: str, index: int, args):
@@ -64,7 +77,10 @@ def problem(root: Path, name: str, index: int, args):
 def settings(args) -> dict:
   keys = ("long_side", "logit_std", "smooth", "seed", "eta", "lam",
           "step_size")
-  return {k: getattr(args, k) for k in keys}
+  out = {k: getattr(args, k) for k in keys}
+  if args.method != "gd":  # rows of plain descent predate --method
+    out["method"] = args.method
+  return out
 
 
 def emit(row: dict, out) -> None:
@@ -88,6 +104,7 @@ def main(argv=None) -> None:
   parser.add_argument("--eta", type=float, default=0.3)
   parser.add_argument("--lam", type=float, default=6.0)
   parser.add_argument("--step-size", type=float, default=0.075)
+  parser.add_argument("--method", default="gd", choices=sorted(METHODS))
   parser.add_argument("--out", type=Path, default=None,
                       help="JSONL file to append rows to and resume from")
   args = parser.parse_args(argv)
@@ -127,7 +144,8 @@ def main(argv=None) -> None:
     for num_steps in todo:
       start = time.perf_counter()
       y = solver.solve(logits, image, labels, num_steps=num_steps,
-                       step_size=args.step_size, **options)
+                       step_size=args.step_size, **METHODS[args.method],
+                       **options)
       y = np.asarray(jax.block_until_ready(y))
       solve_s = time.perf_counter() - start
       e = float(solver.energy(y, logits, image, labels, **options)[0])
