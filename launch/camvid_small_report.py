@@ -9,14 +9,13 @@ Reads every ``results/camvid_small/<run>_seed<s>.json`` written by
   the machine the script runs on: running it again on the same JSON files
   gives the same bytes (tests/test_camvid_small.py checks it).
 * ``miou.png``: the same as a bar plot with the seeds as dots.
-* with ``--figure``: ``pseudo_labels.png``, the soft pseudo-labels of 4 test
-  frames under P_CD and P_BL (H_CCE, 4-NN, the selected eta, lambda,
-  sigma_rgb) from the seed-0 stage-1 network's logits, coloured by
-  :mod:`potts_jax.viz` (needs the sweep's stage-1 checkpoint).
+* ``pseudo_labels.png`` and ``prediction_change.json`` come from
+  ``launch/camvid_small_figures.py`` (they need the sweep's checkpoints);
+  the latter is quoted in ``RESULTS.md`` when present.
 
 Usage::
 
-  python launch/camvid_small_report.py [--figure] [--root runs/camvid_small]
+  python launch/camvid_small_report.py [--results results/camvid_small]
 """
 
 from __future__ import annotations
@@ -163,6 +162,13 @@ def markdown(runs, results: pathlib.Path = RESULTS) -> str:
                f"{'' if paper is None else f'{paper:.1f}'} | "
                f"{','.join(map(str, sorted(records)))} | " + " | ".join(cells)
                + " |")
+  change = results / "prediction_change.json"
+  if change.is_file():
+    moved = json.loads(change.read_text())
+    out += ["", "How far stage 2 moves the network (seed 0): the share of "
+            "test pixels whose predicted class differs from stage 1's: "
+            + ", ".join(f"`{k}` {100 * v:.1f}%" for k, v in sorted(
+                moved["changed_fraction"].items())) + "."]
   out += ["", f"Paper {PAPER_TABLE4}; DN: GD 69.5, hard SL 63.1, soft SL "
           "67.9.", "", "## Orderings, as measured", ""] + orderings(runs)
   out += ["", "![test mIoU per run](miou.png)", "",
@@ -193,74 +199,14 @@ def bar_plot(runs, path: pathlib.Path) -> None:
   fig.savefig(path, dpi=110, metadata={"Software": None})
 
 
-def pseudo_label_figure(root: str, path: pathlib.Path) -> None:
-  """4 test frames: soft labels under P_CD and P_BL from stage-1 logits."""
-  sys.path.insert(0, str(REPO))
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import camvid_small as config_lib  # pylint: disable=g-import-not-at-top
-  from potts_jax import checkpointing, solver, steps, train, viz  # pylint: disable=g-import-not-at-top
-  from potts_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
-  config = config_lib.get_config("stage=2")
-  config.unlock()
-  config.data_dir = str(pathlib.Path(root).resolve() / "tfds")
-  chosen = json.loads((RESULTS / "selection.json").read_text())["chosen"]
-  data = sources.open_sources(config)
-  model = train.build_model(config, data.num_classes)
-  checkpointing.restore_model(pathlib.Path(root) / "seed0" / "stage1", model)
-  model.eval()
-  picks = np.linspace(0, len(data.eval) - 1, 4).astype(int)
-  examples = [pipeline.read_example(data.eval[int(i)]) for i in picks]
-  image = jnp.asarray(np.stack([e["image"] for e in examples]), jnp.float32)
-  scribbles = jnp.asarray(np.stack([e["scribbles"] for e in examples]),
-                          jnp.int32)
-  logits = model(steps.normalize(image))
-  ys = {r.upper(): solver.solve(logits, image, scribbles, relaxation=r,
-                                cross_entropy="cce", **chosen)
-        for r in ("cd", "bl")}
-  colours = viz.palette(data.num_classes)
-  columns = ["image + scribbles", "ground truth"] + [
-      f"{kind} P_{k}" for k in ys for kind in ("y", "entropy")]
-  fig = Figure(figsize=(1.9 * len(columns), 1.6 * len(examples)))
-  FigureCanvasAgg(fig)
-  axes = fig.subplots(len(examples), len(columns), squeeze=False)
-  for i, (row, example) in enumerate(zip(axes, examples)):
-    panels = [viz.overlay_labels(example["image"], example["scribbles"],
-                                 colours),
-              viz.overlay_labels(example["image"], example["mask"], colours)]
-    for k, y in ys.items():
-      soft = np.asarray(y[i])
-      panels += [viz.colorize(soft, colours), viz.entropy(soft)]
-    for ax, panel, name in zip(row, panels, columns):
-      if panel.ndim == 2:
-        ax.imshow(panel, cmap="gray", vmin=0, vmax=1)
-      else:
-        ax.imshow(panel)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if i == 0:
-        ax.set_title(name, fontsize=8)
-  fig.suptitle("CamVid test frames: soft pseudo-labels from the seed-0 "
-               "stage-1 logits (H_CCE, 4-NN; entropy 0 black, 1 white)",
-               fontsize=9)
-  fig.tight_layout()
-  viz.save_figure(fig, str(path))
-
-
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--figure", action="store_true")
-  parser.add_argument("--root", default="runs/camvid_small")
   parser.add_argument("--results", default=str(RESULTS))
   args = parser.parse_args(argv)
   results = pathlib.Path(args.results)
   runs = load(results)
   (results / "RESULTS.md").write_text(markdown(runs, results))
   bar_plot(runs, results / "miou.png")
-  if args.figure:
-    pseudo_label_figure(args.root, results / "pseudo_labels.png")
   print(f"wrote {results / 'RESULTS.md'} ({sum(map(len, runs.values()))} "
         "runs)")
   return 0
