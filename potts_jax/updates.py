@@ -37,8 +37,10 @@ to ``1/EPS`` at orthogonal one-hots, and the clip keeps ``v`` finite and
 ``Σ_k v > 0`` there (at the default step it binds only where ``|g| > 160``).
 The mirror steps are stable only for small ``t`` on ``cd``/``cce``, whose
 curvature grows like ``1/(y_iᵀy_j)²`` near orthogonal neighbours; Adam on the
-logits (``"optax"``) has no such limit, see benchmarks/RESULTS.md. A class whose ``y`` is exactly 0 stays
-0 (as in plain descent on ``y``). The rules support the cross-entropies
+logits (``"adam"``) has no such limit, as its step ``|δ|`` stays near ``t``
+per element whatever the gradient's scale (benchmarks/RESULTS.md). A class
+whose ``y`` is exactly 0 stays 0 (as in plain descent and ``"adam"`` on
+``v``). The mirror rules support the cross-entropies
 ``cce``, ``ce`` and ``q`` (``rce`` has the unbounded ``∂H/∂y = -σ/y``) and the
 grid neighbourhoods ``nn4``/``nn8``.
 """
