@@ -75,8 +75,12 @@ def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     options["sigma_xy"] = config.get("sigma_xy", 100.0)
     options["scale_factor"] = config.get("dense_scale_factor", 1.0)
   method = config.get("solver_method", "gd")
-  if method == "adam":
+  if method == "adam" and config.neighborhood == "dense":
+    # The same update through optax: solver method "adam" is grid-only.
     options["optimizer"] = _adam(config.get("solver_adam_lr", 0.1))
+  elif method == "adam":  # Native on CPU (potts_jax.cpu_solver).
+    options.update(method="adam",
+                   adam_step_size=config.get("solver_adam_lr", 0.1))
   elif method != "gd":
     options["method"] = method
   return options

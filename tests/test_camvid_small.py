@@ -72,9 +72,13 @@ def test_variants_reach_the_config():
 
 def test_solver_method_options():
   c = camvid_small.get_config("solver=adam")
+  assert (steps.solver_options(c)["method"],
+          steps.solver_options(c)["adam_step_size"]) == ("adam", 0.1)
+  c = camvid_small.get_config("solver=adam,neighborhood=dense")
   first, second = steps.solver_options(c), steps.solver_options(c)
   assert first["optimizer"] is second["optimizer"]  # No retrace per step.
   assert "method" not in first
+  c = camvid_small.get_config("")
   c.solver_method = "mirror_momentum"
   assert steps.solver_options(c)["method"] == "mirror_momentum"
   assert "method" not in steps.solver_options(camvid_small.get_config(""))
