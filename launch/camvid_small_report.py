@@ -85,8 +85,11 @@ def orderings(runs) -> list[str]:
     margin = max(sa, sb)
     verdict = ("beats" if ma - mb > margin else
                "does not beat" if ma <= mb else "is above, within noise of")
+    paired = [x - y for x, y in zip(have[a][2], have[b][2])]
     return (f"- `{a}` ({ma:.2f}) {verdict} `{b}` ({mb:.2f}): difference "
-            f"{ma - mb:+.2f}, larger seed std {margin:.2f}.")
+            f"{ma - mb:+.2f}, larger seed std {margin:.2f}; per seed "
+            f"(same stage 1) {' / '.join(f'{d:+.2f}' for d in paired)}, "
+            f"{sum(d > 0 for d in paired)} of {len(paired)} positive.")
 
   for x in ("", FAST):
     pairs = [("soft_cce_cd", "pce_continued"), ("soft_cce_cd", "gd_cd"),

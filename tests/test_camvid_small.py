@@ -167,7 +167,9 @@ def test_report_is_reproducible_and_reads_the_orderings(tmp_path):
   text = first.decode()
   assert "| `soft_cce_cd` | soft SL, H_CCE + P_CD | 71.2 | 0,1,2 | " \
          "61.00 ± 1.00 | 60.00 / 62.00 / 61.00 | 1.0 min |" in text
-  assert "`soft_cce_cd` (61.00) beats `pce_continued` (58.00)" in text
+  assert ("`soft_cce_cd` (61.00) beats `pce_continued` (58.00): difference "
+          "+3.00, larger seed std 1.00; per seed (same stage 1) +3.00 / "
+          "+4.00 / +2.00, 3 of 3 positive.") in text
   assert ("`soft_cce_cd` (61.00) is above, within noise of `gd_cd` (60.00)"
           in text)
   assert ("| `soft_cce_bl_lr10x` | soft SL, H_CCE + P_BL, stage 2 at lr "
