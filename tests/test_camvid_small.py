@@ -187,3 +187,9 @@ def test_committed_results_reproduce_byte_for_byte():
   if not committed.is_file():
     pytest.skip("the sweep has not committed results yet")
   assert report.markdown(report.load()) == committed.read_text()
+
+
+def test_config_holds_the_committed_selection():
+  chosen = json.loads((sweep.RESULTS / "selection.json").read_text())["chosen"]
+  c = camvid_small.get_config("")
+  assert {k: c[k] for k in chosen} == chosen
