@@ -19,9 +19,12 @@ and H_Q + P_Q::
 
   python benchmarks/solver_options.py --grabcut 50 --camvid 20 \
       --out benchmarks/results/solver_options_full.jsonl
-  python benchmarks/solver_options.py --plot benchmarks/results/solver_options_full.jsonl
-  python benchmarks/solver_options.py --summary benchmarks/results/solver_options_full.jsonl
-  python benchmarks/solver_options.py --timing "1,128,2;1,128,11;4,128,21"  # ms/step
+  python benchmarks/solver_options.py --timing "1,128,2;1,128,11;4,128,21" \
+      > benchmarks/results/solver_options_full_timing.jsonl   # ms per step
+  python benchmarks/solver_options.py --plot benchmarks/results/solver_options_full.jsonl \
+      --timing-rows benchmarks/results/solver_options_full_timing.jsonl
+  python benchmarks/solver_options.py --summary benchmarks/results/solver_options_full.jsonl \
+      --timing-rows benchmarks/results/solver_options_full_timing.jsonl
 
 Resumable: one JSON line per (dataset, image, case) is appended to ``--out``
 and lines already there (same settings) are skipped, so a killed run loses
@@ -56,7 +59,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from potts_jax import quadratic, solver  # noqa: E402
+from potts_jax import cpu_solver, quadratic, solver  # noqa: E402
 from potts_jax.data import folder, scribbles, synthetic  # noqa: E402
 
 NESTEROV = optax.sgd(0.075, momentum=0.9, nesterov=True)
@@ -192,11 +195,36 @@ def measure(name, image, labels, k, case, index, args, steps):
           "scribbled": int(((labels < 254)).sum()), "free": int(free.sum())}
 
 
-def plot(path: Path, out_png: Path):
+def _step_ms(timing: list, shape, case: str) -> dict:
+  """ms per step of each curve's method at ``shape`` from ``--timing`` rows.
+
+  ``gd`` and ``adam`` take the loop ``kernel="auto"`` picks at that ``K``;
+  ``adam_coarse`` maps to ``(fine ms per step, coarse overhead ms)``.
+  """
+  sel = [t for t in timing if t["shape"] == list(shape) and t["case"] == case]
+  if not sel:
+    return {}
+  ms = sel[-1]["min"]["ms_per_step"]
+  loop = "native" if shape[-1] >= cpu_solver.MIN_CLASSES else "xla"
+  out = {m: (ms[m], 0.0) for m in ms}
+  out["gd"] = (ms[f"gd_{loop}"], 0.0)
+  out["adam"] = (ms[f"adam_{loop}"], 0.0)
+  steps = sel[-1]["steps"]
+  out["adam_coarse"] = (ms["adam_xla" if loop == "xla" else "adam_native"],
+                        steps * (ms["adam_coarse"] - out["adam"][0]))
+  return out
+
+
+def plot(path: Path, out_png: Path, timing_path: Path | None = None):
+  """Median gap vs steps and vs seconds (``--timing`` rows, min ms/step)."""
   from matplotlib.figure import Figure
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   rows = [r for r in rows if r.get("kind") == "row"]
-  fig = Figure(figsize=(11, 8), layout="constrained")
+  timing = []
+  if timing_path is not None:
+    timing = [json.loads(l) for l in timing_path.read_text().splitlines()]
+    timing = [t for t in timing if t.get("kind") == "timing"]
+  fig = Figure(figsize=(12, 8.5), layout="constrained")
   axes = fig.subplots(2, 2)
   for i, case in enumerate(CASES):
     for dataset, style in (("grabcut", "-"), ("camvid", "--")):
@@ -204,25 +232,32 @@ def plot(path: Path, out_png: Path):
       if not sel:
         continue
       steps = sel[0]["steps"]
+      ms = _step_ms(timing, sel[0]["shape"], case)
       for j, method in enumerate(sel[0]["curves"]):
         gap = [statistics.median(r["curves"][method]["gap"][n] for r in sel)
                for n in range(len(steps))]
         gap = np.maximum(gap, 1e-6)
-        timed = [r["seconds"][method] for r in sel if r.get("seconds")]
         color = f"C{j}"
         axes[i, 0].loglog(steps, gap, style, color=color, marker="o",
-                          label=f"{method} ({dataset})")
-        if timed:
-          seconds = [statistics.median(t[n] for t in timed)
-                     for n in range(len(steps))]
+                          label=f"{method} ({dataset}, {len(sel)})")
+        if method in ms:
+          per_step, overhead = ms[method]
+          seconds = [(n * per_step + overhead) / 1e3 for n in steps]
           axes[i, 1].loglog(seconds, gap, style, color=color, marker="o")
-    for ax, xlabel in zip(axes[i], ("steps (adam_coarse: + 25 coarse)",
-                                    "seconds per solve (B=1, this CPU)")):
+    for ax, xlabel in zip(axes[i], (
+        "steps (adam_coarse: fine steps, after 25 coarse ones)",
+        "seconds per solve (B=1, 128², ms/step of --timing × steps)")):
       ax.set_xlabel(xlabel)
       ax.set_ylabel("median relative energy gap")
-      ax.set_title(case.replace("_", " + ").upper())
+      ax.set_title(f"{case.replace('_', ' + ').upper()}: solid GrabCut "
+                   "(K=2), dashed CamVid (K=11)")
       ax.grid(True, which="both", alpha=0.3)
-  axes[0, 0].legend(fontsize=7)
+    if rows:
+      steps = rows[0]["steps"]
+      axes[i, 0].set_xticks(steps, [str(n) for n in steps])
+      axes[i, 0].set_xticks([], minor=True)
+  fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right",
+             fontsize=7)
   fig.savefig(out_png, dpi=90)
 
 
@@ -295,8 +330,13 @@ def _reach(rows, method, steps, target):
   return out
 
 
-def summarize(path: Path):
-  """Prints the RESULTS.md tables of ``path``: quality, then cost."""
+def summarize(path: Path, timing_path: Path | None = None):
+  """Prints the RESULTS.md tables of ``path``: quality, then cost.
+
+  The cost table comes from ``timing_path`` (``--timing`` rows) when given,
+  else from the rows' own timings (first image per dataset, measured during
+  the run).
+  """
   rows = [json.loads(l) for l in path.read_text().splitlines()]
   rows = [r for r in rows if r.get("kind") == "row"]
   print("| data | case | method | images | median gap @25 / 50 / 100 / 200 "
@@ -333,7 +373,9 @@ def summarize(path: Path):
       if timed:
         timing[(dataset, case, tuple(sel[0]["shape"]))] = {
             m: 1e3 * statistics.median(t[m] for t in timed) for m in timed[0]}
-  if timing:
+  if timing_path is not None:
+    _timing_table(timing_path)
+  elif timing:
     methods = list(next(iter(timing.values())))
     print()
     print("| data | case | shape | " + " | ".join(methods) + " |")
@@ -342,6 +384,23 @@ def summarize(path: Path):
       cells = [f"{ms[m]:.2f} ({ms[m] / ms['gd']:.2f}×)" for m in methods]
       print(f"| {dataset} | {case} | {'x'.join(map(str, shape))} | "
             + " | ".join(cells) + " |")
+
+
+def _timing_table(path: Path):
+  """Prints ms per step (min over rounds) and ratios of ``--timing`` rows."""
+  rows = [json.loads(l) for l in path.read_text().splitlines()]
+  rows = [r for r in rows if r.get("kind") == "timing"]
+  methods = list(rows[0]["min"]["ms_per_step"])
+  print()
+  print("| B×S×S×K | case | load | " + " | ".join(methods) + " |")
+  print("|---|---|---:|" + "---:|" * len(methods))
+  for r in rows:
+    ms, best = r["min"]["ms_per_step"], r["min"]["vs_best_gd"]
+    cells = [f"{ms[m]:.2f} ({best[m]:.2f}×)" for m in methods]
+    shape = "×".join(str(x) for x in (r["shape"][0], r["shape"][1],
+                                       r["shape"][2], r["shape"][3]))
+    print(f"| {shape} | {r['case']} | {r['loadavg'][0]:.1f} | "
+          + " | ".join(cells) + " |")
 
 
 def main(argv=None):
@@ -371,6 +430,9 @@ def main(argv=None):
                       help="print the RESULTS.md table of this file")
   parser.add_argument("--timing", default=None, metavar="B,S,K[;B,S,K]",
                       help="only time every loop at these shapes")
+  parser.add_argument("--timing-rows", type=Path, default=None,
+                      help="--plot, --summary: the --timing output (seconds "
+                      "axis, cost table)")
   parser.add_argument("--repeats", type=int, default=7,
                       help="interleaved rounds of --timing")
   args = parser.parse_args(argv)
@@ -379,10 +441,11 @@ def main(argv=None):
       time_shape(spec, args.repeats)
     return
   if args.plot is not None:
-    plot(args.plot, REPO / "benchmarks" / "solver_options.png")
+    plot(args.plot, REPO / "benchmarks" / "solver_options.png",
+         args.timing_rows)
     return
   if args.summary is not None:
-    summarize(args.summary)
+    summarize(args.summary, args.timing_rows)
     return
   steps = [int(s) for s in args.steps.split(",")]
   config = {k: getattr(args, k) for k in (
