@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from potts_jax import cpu_solver, neighborhoods, potts, solver  # noqa: E402
+from potts_jax import cpu_solver, neighborhoods, potts, solver, updates  # noqa: E402
 
 STEPS = 200  # set by --steps
 ETA, LAM, SIGMA_RGB, STEP = 0.3, 6.0, 9.0, 0.075
@@ -157,8 +157,13 @@ def measure(shape, neighborhood, repeats, baseline, kernels):
   b, h, w, k = shape
   logits, image, labels = make_inputs(b, h, w, k)
   opts = dict(relaxation="cd", neighborhood=neighborhood)
-  args = (logits, image, labels, jnp.float32(ETA), jnp.float32(LAM),
-          jnp.float32(SIGMA_RGB), jnp.float32(STEP))
+  f32 = jnp.float32
+  # solver._solve's positional operands: eta, lam, sigma_rgb, step, sigma_xy,
+  # mirror step, momentum, Adam step and decay (the last five unused by gd).
+  args = (logits, image, labels, f32(ETA), f32(LAM), f32(SIGMA_RGB),
+          f32(STEP), f32(100.0), f32(updates.MIRROR_STEP_SIZE),
+          f32(updates.MOMENTUM), f32(updates.ADAM_STEP_SIZE),
+          f32(updates.ADAM_DECAY))
   mpix = b * h * w * STEPS / 1e6
   row = dict(shape=list(shape), neighborhood=neighborhood, steps=STEPS,
              relaxation="cd", cross_entropy="cce",
@@ -167,7 +172,8 @@ def measure(shape, neighborhood, repeats, baseline, kernels):
   for kernel in kernels:
     static = dict(relaxation="cd", cross_entropy="cce",
                   neighborhood=neighborhood, num_steps=STEPS, optimizer=None,
-                  record=False, kernel=kernel)
+                  record=False, kernel=kernel, scale_factor=1.0,
+                  lattice_capacity=None, method="gd")
     _, compile_s, xla_bytes = compiled_bytes(solver._solve, *args, **static)
     ours_solve(logits, image, labels, kernel=kernel, **opts)  # warm dispatch
     results[kernel], seconds = timed(
