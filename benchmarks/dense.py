@@ -4,15 +4,23 @@ Run (RESULTS.md records the machine)::
 
   python benchmarks/dense.py                      # 128², 256², 513², K = 21
   python benchmarks/dense.py --sizes 128 --repeats 5
-  python benchmarks/dense.py --capacity-factor 2   # capacity 2x the points
+  python benchmarks/dense.py --capacity bound     # the static bound 6N
+  python benchmarks/dense.py --image synthetic    # blocky noisy image
 
 Prints one JSON object per (size, implementation) on stdout: ``shape``,
-``ms`` (median of ``--repeats``), ``backend``, and for ours the split into
-``build_ms`` (lattice construction, once per image and solve) and
-``step_ms`` (energy + gradient given the lattice: one filtering of K+1
-channels, what each solver step pays), plus ``lattice_points`` and
-``capacity`` (default the bound 6N; ``--capacity-factor F`` sets F times
-the counted points, which is how a caller saves time and memory).
+``ms`` (median of ``--repeats``: lattice + calibration + energy + gradient,
+one jitted call), ``backend``, and for ours the split into ``build_ms``
+(:func:`potts_jax.bilateral.prepare`: lattice construction and calibration,
+once per image and solve) and ``step_ms`` (energy + gradient given the
+lattice: one filtering of K+1 channels, what each solver step pays), plus
+``lattice_points``, ``capacity`` and ``count_ms`` (the host-side count that
+chooses it). ``--capacity counted`` (default) uses
+:func:`potts_jax.bilateral.choose_capacity` (1.25x the points, bucketed);
+``bound`` the never-overflowing 6N.
+
+The image (``--image photo``, default) is GrabCut photo 124084 from
+``../shared/data/grabcut`` resized to S x S (the synthetic image is used when
+the data is absent); the soft labels are smooth and random.
 
 The CPU reference is ``pydensecrf2`` (Krähenbühl's C++ permutohedral
 lattice; an optional bench dependency, an sdist: ``pip install
@@ -45,18 +53,32 @@ from potts_jax import bilateral  # noqa: E402
 SIGMA_XY, SIGMA_RGB, K = 100.0, 9.0, 21
 
 
-def make_inputs(size, seed=0):
-  """A piecewise-constant noisy image and soft labels ``[1, S, S, K]``."""
+PHOTO = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                     "grabcut", "images", "124084.jpg")
+
+
+def make_inputs(size, image_kind="photo", seed=0):
+  """An image ``[1, S, S, 3]`` and soft labels ``[1, S, S, K]``."""
   rng = np.random.default_rng(seed)
-  blocks = rng.uniform(0, 255, size=(1, max(size // 32, 1),
-                                     max(size // 32, 1), 3))
-  image = np.asarray(jax.image.resize(jnp.asarray(blocks, jnp.float32),
-                                      (1, size, size, 3), "nearest"))
-  image = np.clip(image + rng.normal(scale=4.0, size=image.shape), 0, 255)
+  if image_kind == "photo" and os.path.exists(PHOTO):
+    from PIL import Image  # pylint: disable=import-outside-toplevel
+    photo = np.asarray(Image.open(PHOTO).convert("RGB"), np.float32)
+    image = np.asarray(jax.image.resize(jnp.asarray(photo)[None],
+                                        (1, size, size, 3), "linear"))
+  else:
+    if image_kind == "photo":
+      print(f"note: {PHOTO} not found; using the synthetic image",
+            file=sys.stderr)
+    blocks = rng.uniform(0, 255, size=(1, max(size // 32, 1),
+                                       max(size // 32, 1), 3))
+    image = np.asarray(jax.image.resize(jnp.asarray(blocks, jnp.float32),
+                                        (1, size, size, 3), "nearest"))
+    image = image + rng.normal(scale=4.0, size=image.shape)
   coarse = rng.normal(size=(1, max(size // 16, 1), max(size // 16, 1), K))
   logits = jax.image.resize(jnp.asarray(coarse * 3.0, jnp.float32),
                             (1, size, size, K), "linear")
-  return image.astype(np.float32), np.asarray(jax.nn.softmax(logits))
+  return (np.clip(image, 0, 255).astype(np.float32),
+          np.asarray(jax.nn.softmax(logits)))
 
 
 def _median_ms(fn, repeats):
@@ -68,13 +90,14 @@ def _median_ms(fn, repeats):
   return statistics.median(times)
 
 
-def bench_ours(image, y, repeats, capacity_factor):
+def bench_ours(image, y, repeats, capacity_mode):
   labels = np.full(image.shape[:3], 255, np.int32)
-  capacity = None
-  if capacity_factor:
-    points = bilateral.count_lattice_points(image, labels, sigma_xy=SIGMA_XY,
-                                            sigma_rgb=SIGMA_RGB)
-    capacity = int(capacity_factor * int(points.max()))
+  options = dict(sigma_xy=SIGMA_XY, sigma_rgb=SIGMA_RGB)
+  capacity, count_ms = None, None
+  if capacity_mode == "counted":
+    capacity = bilateral.choose_capacity(image, labels, **options)  # compile
+    count_ms = _median_ms(
+        lambda: bilateral.choose_capacity(image, labels, **options), repeats)
 
   @jax.jit
   def build(image):
@@ -101,6 +124,7 @@ def bench_ours(image, y, repeats, capacity_factor):
                          repeats),
       lattice_points=int(graph.lattice.num_points[0]),
       capacity=int(graph.lattice.plus.shape[-1] - 1),
+      count_ms=count_ms,
   )
 
 
@@ -130,7 +154,10 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 513])
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--capacity-factor", type=float, default=0.0)
+  parser.add_argument("--capacity", choices=("counted", "bound"),
+                      default="counted")
+  parser.add_argument("--image", choices=("photo", "synthetic"),
+                      default="photo")
   parser.add_argument("--no-reference", action="store_true")
   args = parser.parse_args()
   have_densecrf = not args.no_reference
@@ -143,14 +170,17 @@ def main():
             "column (pip install pydensecrf2)", file=sys.stderr)
   backend = jax.default_backend()
   for size in args.sizes:
-    image, y = make_inputs(size)
+    image, y = make_inputs(size, args.image)
     shape = [1, size, size, K]
     row = dict(shape=shape, impl="potts_jax", backend=backend,
-               devices=str(jax.devices()[0].device_kind))
-    row.update(bench_ours(image, y, args.repeats, args.capacity_factor))
+               devices=str(jax.devices()[0].device_kind), image=args.image,
+               capacity_mode=args.capacity,
+               jax=jax.__version__)
+    row.update(bench_ours(image, y, args.repeats, args.capacity))
     print(json.dumps(row), flush=True)
     if have_densecrf:
       row = dict(shape=shape, impl="pydensecrf2", backend="cpu",
+                 image=args.image,
                  what="lattice build + one stepInference (one filtering)")
       row.update(bench_densecrf(image, y, args.repeats))
       print(json.dumps(row), flush=True)

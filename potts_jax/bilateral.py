@@ -129,10 +129,11 @@ def features(image: Array, sigma_xy: float, sigma_rgb: float,
 class DenseGraph(NamedTuple):
   """The dense neighbourhood of a batch at its working resolution."""
 
-  lattice: Lattice  # built on LATTICE_SCALE * features.
+  # Built on LATTICE_SCALE * features; its weights are multiplied by
+  # n_i = k(f_i, f_i)^{-1/2}, so that bilateral_filter(v, lattice) = n⊙F(n⊙v).
+  lattice: Lattice
   mask: Array  # [B, h, w] float32: 1 on valid (non-padding) pixels.
   pair_scale: Array  # scalar: (HW / hw)², 1 without downscaling.
-  norm: Array  # [B, h*w, 1] float32: k(f_i, f_i)^{-1/2}.
   alpha: Array  # [B] float32: the calibrated scale α.
 
 
@@ -207,17 +208,18 @@ def prepare(image: Array, labels: Array, *, sigma_xy: float = 100.0,
   feats = jax.lax.stop_gradient(feats)
   lattice = build_lattice(LATTICE_SCALE * feats, capacity)
   check_capacity(lattice)
+  lattice = lattice._replace(weight=lattice.weight * jax.lax.rsqrt(
+      lattice.self_weight)[..., None])
   m = mask.reshape(mask.shape[0], -1)
-  norm = jax.lax.rsqrt(lattice.self_weight)[..., None]
   rows = _sample(mask, min(NUM_CALIBRATION, m.shape[1]))
   exact = jnp.sum(jnp.take_along_axis(m, rows, 1)
                   * _exact_sums(feats, m, rows), 1)
-  ours = norm * bilateral_filter(norm * m[..., None], lattice)
-  ours = jnp.sum(jnp.take_along_axis(m * ours[..., 0], rows, 1), 1)
+  ours = bilateral_filter(m[..., None], lattice)[..., 0]
+  ours = jnp.sum(jnp.take_along_axis(m * ours, rows, 1), 1)
   alpha = jnp.where(ours > 0, exact / jnp.where(ours > 0, ours, 1.0), 1.0)
   return DenseGraph(lattice, mask,
                     jnp.asarray(((h * w) / (sh * sw)) ** 2, jnp.float32),
-                    norm, jax.lax.stop_gradient(alpha))
+                    alpha)
 
 
 def affinity(values: Array, graph: DenseGraph) -> Array:
@@ -227,7 +229,7 @@ def affinity(values: Array, graph: DenseGraph) -> Array:
   pixels); mask padding in ``values`` yourself.
   """
   values = jnp.asarray(values, jnp.float32)
-  out = graph.norm * bilateral_filter(graph.norm * values, graph.lattice)
+  out = bilateral_filter(values, graph.lattice)
   return graph.alpha[:, None, None] * out - values
 
 

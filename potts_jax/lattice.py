@@ -357,6 +357,38 @@ def check_num_points(num_points: Array, capacity: int, num_pixels: int
     )
 
 
+_CHUNK = 1024  # points per splat chunk on XLA:CPU
+
+
+def _splat_scatter(v, index, weight, rows):
+  lat = jnp.zeros((rows, v.shape[-1]), jnp.float32)
+  for r in range(_D1):
+    lat = lat.at[index[:, r]].add(weight[:, r:r + 1] * v,
+                                  mode="promise_in_bounds")
+  return lat
+
+
+def _splat_chunked(v, index, weight, rows):
+  """XLA:CPU: a loop over chunks of points, so that the N(d+1) weighted rows
+  stay in cache (3x faster than one scatter of them all at 513²)."""
+  total, c = v.shape
+  size = min(_CHUNK, total)
+  chunks = -(-total // size)
+  pad = ((0, chunks * size - total), (0, 0))
+  v = jnp.pad(v, pad).reshape(chunks, size, c)
+  index = jnp.pad(index, pad, constant_values=rows - 1).reshape(
+      chunks, size, _D1)  # the last row is an empty slot M
+  weight = jnp.pad(weight, pad).reshape(chunks, size, _D1)
+
+  def body(lat, xs):
+    vv, ii, ww = xs
+    rows_in = (ww[..., None] * vv[:, None]).reshape(-1, c)
+    return lat.at[ii.reshape(-1)].add(rows_in, mode="promise_in_bounds"), None
+
+  return jax.lax.scan(body, jnp.zeros((rows, c), jnp.float32),
+                      (v, index, weight))[0]
+
+
 def _filter(values: Array, lattice: Lattice) -> Array:
   """Splat, blur, slice with the batch folded into one lattice of B(M+1)
   rows (unbatched row gathers and scatters: the fast ones on XLA:CPU)."""
@@ -369,13 +401,10 @@ def _filter(values: Array, lattice: Lattice) -> Array:
       _D1, b * m1)
   minus = (lattice.minus + offset[:, None, None]).transpose(1, 0, 2).reshape(
       _D1, b * m1)
-  v = values.reshape(b * n, c)
-  lat = jnp.zeros((b * m1, c), jnp.float32)
-  for r in range(_D1):
-    # Materialised first: XLA:CPU's scatter with a fused producer is ~10x
-    # slower than a plain one.
-    contrib = jax.lax.optimization_barrier(weight[:, r:r + 1] * v)
-    lat = lat.at[index[:, r]].add(contrib, mode="promise_in_bounds")
+  lat = jax.lax.platform_dependent(
+      values.reshape(b * n, c), index, weight,
+      cpu=functools.partial(_splat_chunked, rows=b * m1),
+      default=functools.partial(_splat_scatter, rows=b * m1))
   real = (jnp.arange(b * m1) % m1 != m1 - 1)[:, None]
   lat = jnp.where(real, lat, 0.0)  # the empty slot M of each image
   take = lambda x, i: x.at[i].get(mode="promise_in_bounds")
