@@ -22,6 +22,13 @@ The image (``--image photo``, default) is GrabCut photo 124084 from
 ``../shared/data/grabcut`` resized to S x S (the synthetic image is used when
 the data is absent); the soft labels are smooth and random.
 
+``--accuracy`` instead compares the energies with float64 brute force
+(O(N²) numpy) on the first ``--photos`` GrabCut photos: a 40 px and a 48 px
+crop of each at long side 96 (soft labels of 3 classes) and the whole photo
+at long side 40 (2 classes), ``q`` and ``bl``, for ours
+(:func:`potts_jax.bilateral.dense_energy`) and for the plain lattice filter
+(``F v - v``, no correction); one row per case, then a summary per set.
+
 The CPU reference is ``pydensecrf2`` (Krähenbühl's C++ permutohedral
 lattice; an optional bench dependency, an sdist: ``pip install
 pydensecrf2``). Its Python API has no bare filter, so we time what is
@@ -150,6 +157,98 @@ def bench_densecrf(image, y, repeats):
   return dict(ms=_median_ms(run, repeats))
 
 
+def _exact(image, y, sigma_xy):
+  """float64 ``Σ_{i≠j} w_ij P`` and gradient for ``q`` and ``bl``."""
+  h, w, _ = image.shape
+  yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+  f = np.concatenate([np.stack([xx, yy], -1).reshape(-1, 2) / sigma_xy,
+                      image.reshape(-1, 3).astype(np.float64) / SIGMA_RGB], 1)
+  weights = np.exp(-0.5 * ((f[:, None] - f[None]) ** 2).sum(-1))
+  np.fill_diagonal(weights, 0.0)
+  return _energies(y.reshape(h * w, -1).astype(np.float64),
+                   weights @ y.reshape(h * w, -1), weights.sum(1))
+
+
+def _energies(y, fy, fm):
+  """``{relaxation: (energy, gradient)}`` from ``Σ_{j≠i} w_ij y_j`` and the
+  degrees (all pixels valid)."""
+  s = (y * fy).sum(-1)
+  a = (y * y).sum(-1)
+  return {"q": (float((a * fm - s).sum()), 2.0 * (fm[:, None] * y - fy)),
+          "bl": (float((fm - s).sum()), -2.0 * fy)}
+
+
+def _plain(image, y, sigma_xy):
+  """The plain lattice filter: ``F v - v`` on the unscaled features."""
+  feats = bilateral.features(image[None], sigma_xy, SIGMA_RGB)
+  v = np.concatenate([y.reshape(-1, y.shape[-1]),
+                      np.ones((y.size // y.shape[-1], 1))], -1)[None]
+  out = np.asarray(bilateral.bilateral_filter(
+      jnp.asarray(v, jnp.float32), bilateral.build_lattice(feats)),
+                   np.float64)[0] - v[0]
+  return _energies(v[0, :, :-1], out[:, :-1], out[:, -1])
+
+
+def _ours(image, y, sigma_xy):
+  graph = bilateral.prepare(image[None], np.full((1,) + image.shape[:2], 255),
+                            sigma_xy=sigma_xy, sigma_rgb=SIGMA_RGB)
+  out = {}
+  for relaxation in ("q", "bl"):
+    e, g = jax.value_and_grad(
+        lambda y, r=relaxation: bilateral.dense_energy(y, graph, r)[0])(
+            jnp.asarray(y[None]))
+    out[relaxation] = (float(e), np.asarray(g[0], np.float64).reshape(
+        -1, y.shape[-1]))
+  return out
+
+
+def accuracy(num_photos, sigma_xy):
+  """One JSON row per case, then one summary row per set."""
+  from potts_jax.data import folder  # pylint: disable=import-outside-toplevel
+  from potts_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(PHOTO))
+  cases = {"crops": [], "whole": []}
+  for b, name in enumerate(folder.names(root)[:num_photos]):
+    image = folder.load_example(root, name, long_side=96).image
+    for side, offset in ((40, 20), (48, 30)):
+      crop = image[offset:offset + side, offset:offset + side]
+      logits = synthetic.smooth_logits(*crop.shape[:2], 3, seed=b, std=2.0)
+      cases["crops"].append((f"{name}/crop{side}", crop,
+                             np.asarray(jax.nn.softmax(logits))))
+    whole = folder.load_example(root, name, long_side=40).image
+    logits = synthetic.smooth_logits(*whole.shape[:2], 2, seed=b, std=2.0)
+    cases["whole"].append((f"{name}/whole40", whole,
+                           np.asarray(jax.nn.softmax(logits[::-1] * 0.5))))
+  for kind, items in cases.items():
+    rows = []
+    for case, image, y in items:
+      image = image.astype(np.float32)
+      exact, ours, plain = (fn(image, y, sigma_xy)
+                            for fn in (_exact, _ours, _plain))
+      row = dict(mode="accuracy", set=kind, case=case, sigma_xy=sigma_xy,
+                 sigma_rgb=SIGMA_RGB)
+      for r in ("q", "bl"):
+        e, g = exact[r]
+        row[f"{r}_err"] = ours[r][0] / e - 1.0
+        row[f"{r}_err_plain"] = plain[r][0] / e - 1.0
+        for label, (_, g2) in (("", ours[r]), ("_plain", plain[r])):
+          row[f"{r}_cos{label}"] = float(
+              (g * g2).sum() / np.linalg.norm(g) / np.linalg.norm(g2))
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+    summary = dict(mode="accuracy_summary", set=kind, cases=len(rows),
+                   sigma_xy=sigma_xy, sigma_rgb=SIGMA_RGB)
+    for key in rows[0]:
+      if key.startswith(("q_", "bl_")):
+        values = np.array([row[key] for row in rows])
+        if "_cos" in key:
+          summary[key + "_min"] = float(values.min())
+        else:
+          summary[key + "_range"] = [float(values.min()), float(values.max())]
+          summary[key + "_mean_abs"] = float(np.abs(values).mean())
+    print(json.dumps(summary), flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 513])
@@ -159,7 +258,14 @@ def main():
   parser.add_argument("--image", choices=("photo", "synthetic"),
                       default="photo")
   parser.add_argument("--no-reference", action="store_true")
+  parser.add_argument("--accuracy", action="store_true",
+                      help="energies against float64 brute force instead")
+  parser.add_argument("--photos", type=int, default=50)
+  parser.add_argument("--sigma-xy", type=float, default=SIGMA_XY)
   args = parser.parse_args()
+  if args.accuracy:
+    accuracy(args.photos, args.sigma_xy)
+    return
   have_densecrf = not args.no_reference
   if have_densecrf:
     try:

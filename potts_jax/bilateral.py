@@ -16,7 +16,7 @@ filter misses the exact dense energy by -10 % .. +16 % per 40-48 px crop
 constant (Adams' feature scale √(2/3)(d+1) is right: blur variance ¾ plus
 splat and slice ⅛ each make exactly 1 per axis). Two effects, measured with
 the exact ``[N, N]`` lattice matrix: (1) the lattice kernel depends on where
-a point sits in its cell: ``k(f, f)`` ranges 0.9-2.6 (the Gaussian's is 1)
+a point sits in its cell: ``k(f, f)`` ranges 0.8-2.6 (the Gaussian's is 1)
 and a photo's many near-identical colours all sit at the same place;
 (2) the sparse lattice drops blur paths through unoccupied points, which
 thins the kernel's tails by a data-dependent amount. The pixel's own term
@@ -60,7 +60,7 @@ nearest) and multiplies the energy by ``(HW / hw)²`` so that it estimates
 the full-resolution sum.
 
 **Capacity.** ``capacity=None`` is the safe static bound 6N lattice slots;
-real photos need 3-13 % of N at 513² (60-100 % of N at 40 px), and the
+real photos need 2-13 % of N at 513² (60-100 % of N at 40 px), and the
 filter's cost grows with the capacity. :func:`choose_capacity` counts the
 points of a concrete batch on the host and rounds up to a bucket; pass the
 result as ``capacity`` (``lattice_capacity`` of :func:`potts_jax.solver.solve`).
@@ -72,6 +72,7 @@ drops the extra points (``Lattice.num_points`` tells).
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -81,7 +82,7 @@ import numpy as np
 from potts_jax import labels as label_codes
 from potts_jax.lattice import (  # noqa: F401  (the public lattice API)
     CELL_VOLUME, DIM, SCALE, Lattice, bilateral_filter, build_lattice,
-    check_capacity, check_num_points, count_points, round_capacity)
+    check_key_range, count_points)
 
 Array = jnp.ndarray
 
@@ -104,6 +105,47 @@ def check_relaxation(name: str) -> str:
       f"relaxation {name!r} {why}; the dense neighbourhood supports "
       f"{list(SUPPORTED)} only (not {list(_NOT_QUADRATIC)})"
   )
+
+
+def check_capacity(lattice: Lattice) -> None:
+  """Raises ValueError if a lattice overflowed (no-op on tracers)."""
+  check_key_range(lattice.key_range)
+  check_num_points(lattice.num_points, lattice.plus.shape[-1] - 1,
+                   lattice.index.shape[1])
+
+
+def check_num_points(num_points: Array, capacity: int, num_pixels: int
+                     ) -> None:
+  """Raises ValueError if any of ``num_points`` ``[B]`` exceeds ``capacity``.
+
+  A no-op when ``num_points`` is a tracer (inside ``jit``).
+  """
+  if isinstance(num_points, jax.core.Tracer):
+    return
+  needed = int(np.max(np.asarray(num_points)))
+  if needed > capacity:
+    raise ValueError(
+        f"permutohedral lattice overflow: an image needs {needed} lattice "
+        f"points but capacity is {capacity}; pass capacity >= {needed}, or "
+        f"None for the bound 6N = {6 * num_pixels} (N = {num_pixels} pixels "
+        "at the working resolution)"
+    )
+
+
+def round_capacity(points, num_points_bound: int, headroom: float = 1.25
+                   ) -> int:
+  """A static capacity for lattices of up to ``max(points)`` points.
+
+  ``headroom × max(points)`` rounded up to the next bucket ``2^e × {1, 1.25,
+  1.5, 1.75}`` (steps of at most 25 %, so a training run sees few distinct
+  capacities and recompiles rarely), at most ``num_points_bound`` (6N).
+  """
+  if headroom < 1.0:
+    raise ValueError(f"headroom must be >= 1; got {headroom}")
+  need = max(1.0, headroom * float(np.max(np.asarray(points))))
+  e = 2 ** max(0, math.floor(math.log2(need)) - 2)
+  bucket = int(math.ceil(need / e) * e)
+  return int(min(bucket, num_points_bound))
 
 
 def features(image: Array, sigma_xy: float, sigma_rgb: float,
@@ -309,7 +351,7 @@ def choose_capacity(image: Array, labels: Array, *, headroom: float = 1.25,
   """A bucketed static ``capacity`` for this batch (host side).
 
   ``headroom × max(count_lattice_points)`` rounded up to the next of
-  ``2^e × {1, 1.25, 1.5, 1.75}`` (:func:`potts_jax.lattice.round_capacity`),
+  ``2^e × {1, 1.25, 1.5, 1.75}`` (:func:`round_capacity`),
   at most the bound 6N. Same options as :func:`prepare`.
   """
   points = count_lattice_points(image, labels, **options)

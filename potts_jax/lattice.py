@@ -14,16 +14,13 @@ Static shapes:
   sorted, equal keys share one slot, and each axis neighbour is found by a
   binary search in the sorted keys. **Capacity bound**: N points touch at
   most ``N (d+1) = 6N`` lattice points, the default capacity, which is never
-  exceeded. Real photos need far fewer (3-13 % of N at 513², 60-100 % of N
-  at 40 px): :func:`count_points` counts them on the host and
-  :func:`round_capacity` turns a count into a bucketed capacity (few
-  distinct values, hence few recompiles). Points beyond the capacity are
-  dropped, ``Lattice.num_points`` records how many there were, and
-  :func:`check_capacity` raises outside ``jit``.
-* **Key range bound**: each packed key coordinate must span less than
-  :data:`MAX_KEY_RANGE`, i.e. the features must span less than about 3,700
-  kernel widths along every axis (``Lattice.key_range``; checked with the
-  capacity).
+  exceeded. Real photos need far fewer (2-13 % of N at 513², 60-100 % of N
+  at 40 px; :func:`count_points` counts them on the host). Points beyond a
+  smaller capacity are dropped and ``Lattice.num_points`` records how many
+  there were (:func:`potts_jax.bilateral.check_capacity` raises).
+* **Key range bound**: each key coordinate must span less than
+  :data:`MAX_KEY_RANGE`, i.e. the features less than about 3,700 kernel
+  widths along every axis (:func:`check_key_range` raises outside ``jit``).
 * The blur is the palindrome :data:`BLUR` of per-axis 3-tap blurs
   (``[1/8, 3/4, 1/8]`` on axes 0..d-1 twice, ``[1/4, 1/2, 1/4]`` on axis d
   once): variance ½ lattice step² per axis as in Adams et al., and ``F = Sᵀ
@@ -34,7 +31,7 @@ Static shapes:
   Gaussian for a uniform density of points.
 * ``Lattice.self_weight`` is ``k(f_i, f_i)`` of every point on the full
   (closed) lattice, exact and cheap (the blur's kernel between the vertices
-  of one simplex, :data:`KAPPA`): 0.9-2.6 depending on where the point sits
+  of one simplex, :data:`KAPPA`): 0.8-2.6 depending on where the point sits
   in its cell, against 1 for the Gaussian. :mod:`potts_jax.bilateral`
   normalises the kernel by it.
 """
@@ -274,7 +271,7 @@ def build_lattice(features: Array, capacity: int | None = None) -> Lattice:
   if capacity < 1:
     raise ValueError(f"capacity must be >= 1; got {capacity}")
   lattice = Lattice(*_build(features, capacity))
-  _check_key_range(lattice.key_range)
+  check_key_range(lattice.key_range)
   return lattice
 
 
@@ -301,27 +298,12 @@ def count_points(features: Array) -> np.ndarray:
     ValueError: if the features span too wide a range (module docstring).
   """
   points, key_range = _count(_check_features(features))
-  _check_key_range(key_range)
+  check_key_range(key_range)
   return np.asarray(points)
 
 
-def round_capacity(points, num_points_bound: int, headroom: float = 1.25
-                   ) -> int:
-  """A static capacity for lattices of up to ``max(points)`` points.
-
-  ``headroom × max(points)`` rounded up to the next bucket ``2^e × {1, 1.25,
-  1.5, 1.75}`` (steps of at most 25 %, so a training run sees few distinct
-  capacities and recompiles rarely), at most ``num_points_bound`` (6N).
-  """
-  if headroom < 1.0:
-    raise ValueError(f"headroom must be >= 1; got {headroom}")
-  need = max(1.0, headroom * float(np.max(np.asarray(points))))
-  e = 2 ** max(0, math.floor(math.log2(need)) - 2)
-  bucket = int(math.ceil(need / e) * e)
-  return int(min(bucket, num_points_bound))
-
-
-def _check_key_range(key_range) -> None:
+def check_key_range(key_range) -> None:
+  """Raises ValueError if ``Lattice.key_range`` is too wide (no-op on tracers)."""
   if isinstance(key_range, jax.core.Tracer):
     return
   widest = int(np.max(np.asarray(key_range)))
@@ -330,31 +312,6 @@ def _check_key_range(key_range) -> None:
         f"permutohedral lattice keys span {widest} > {MAX_KEY_RANGE - 2}: the "
         "features span more than ~3,700 kernel widths; use larger bandwidths "
         "or a smaller image")
-
-
-def check_capacity(lattice: Lattice) -> None:
-  """Raises ValueError if a lattice overflowed (no-op on tracers)."""
-  _check_key_range(lattice.key_range)
-  check_num_points(lattice.num_points, lattice.plus.shape[-1] - 1,
-                   lattice.index.shape[1])
-
-
-def check_num_points(num_points: Array, capacity: int, num_pixels: int
-                     ) -> None:
-  """Raises ValueError if any of ``num_points`` ``[B]`` exceeds ``capacity``.
-
-  A no-op when ``num_points`` is a tracer (inside ``jit``).
-  """
-  if isinstance(num_points, jax.core.Tracer):
-    return
-  needed = int(np.max(np.asarray(num_points)))
-  if needed > capacity:
-    raise ValueError(
-        f"permutohedral lattice overflow: an image needs {needed} lattice "
-        f"points but capacity is {capacity}; pass capacity >= {needed}, or "
-        f"None for the bound 6N = {6 * num_pixels} (N = {num_pixels} pixels "
-        "at the working resolution)"
-    )
 
 
 _CHUNK = 1024  # points per splat chunk on XLA:CPU

@@ -189,7 +189,7 @@ def test_constant_image_and_single_colour_edge():
   Measured (32x32, σ_rgb = 9, q / bl) at σ_xy = 100 / 5: constant image
   +0.3 % / +0.2 % and +13.0 % / +4.3 % (the plain filter: +87 % / +91 % and
   +16 % / +20 %: all pixels sit at one place in a lattice cell, where the
-  kernel's value at distance 0 is anything in 0.9-2.6); edge image -2.6 % /
+  kernel's value at distance 0 is anything in 0.8-2.6); edge image -2.6 % /
   -1.5 % and +5.9 % / +2.3 % (plain: -1.2 % / -1.2 % and -20 % / -15 %).
   """
   side = 32
@@ -236,12 +236,15 @@ def test_padding_takes_part_in_no_pair(crops):
 
 
 def test_downscaling_estimates_the_full_resolution_energy(crops):
+  """Measured at scale 0.5 on the 40 px crops of the first 8 photos: ``q``
+  -10.6 % .. +4.6 % (-10.6 % and -1.8 % for these two; the plain filter:
+  -16.6 % .. +1.5 %)."""
   for image, y in crops[:4:2]:
     e_ref, _ = exact_energy(y, exact_weights(image, SIGMA_XY, SIGMA_RGB), "q")
     e, g = _energy_and_grad(y, image, _unlabeled(image), "q",
                             sigma_xy=SIGMA_XY, scale_factor=0.5)
     assert g.shape == y.shape
-    assert abs(e / e_ref - 1.0) < 0.25, (e, e_ref)
+    assert abs(e / e_ref - 1.0) < 0.15, (e, e_ref)
 
 
 def test_capacity_count_bucket_and_overflow_error(crops):
