@@ -10,8 +10,8 @@ g/σ_rgb, b/σ_rgb)`` (x the column, y the row, RGB in 0..255). Sums
 :mod:`potts_jax.lattice` (splat, blur, slice), corrected as follows.
 
 **Why the plain filter is not enough.** On real photos the plain Adams
-filter misses the exact dense energy by -10 % .. +16 % per 40-48 px crop
-(σ_xy = 100, σ_rgb = 9; +86 % on a constant image), and the error moves by
+filter misses the exact dense energy by -11 % .. +42 % per 40-48 px crop
+(σ_xy = 100, σ_rgb = 9; +87 % on a constant image), and the error moves by
 ±15 % when the lattice is shifted against the image, so it is not a scale
 constant (Adams' feature scale √(2/3)(d+1) is right: blur variance ¾ plus
 splat and slice ⅛ each make exactly 1 per axis). Two effects, measured with

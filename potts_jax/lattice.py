@@ -260,7 +260,7 @@ def build_lattice(features: Array, capacity: int | None = None) -> Lattice:
 
   Returns:
     :class:`Lattice`; nothing in it carries a gradient. Overflowing points
-    are dropped (:func:`check_capacity` raises).
+    are dropped (:func:`potts_jax.bilateral.check_capacity` raises).
 
   Raises:
     ValueError: outside ``jit``, if the features span too wide a range.
@@ -309,9 +309,9 @@ def check_key_range(key_range) -> None:
   widest = int(np.max(np.asarray(key_range)))
   if widest > MAX_KEY_RANGE - 2:
     raise ValueError(
-        f"permutohedral lattice keys span {widest} > {MAX_KEY_RANGE - 2}: the "
-        "features span more than ~3,700 kernel widths; use larger bandwidths "
-        "or a smaller image")
+        f"permutohedral lattice keys span {widest}, expected <= "
+        f"{MAX_KEY_RANGE - 2}: the features span more than ~3,700 kernel "
+        "widths; use larger bandwidths or a smaller image")
 
 
 _CHUNK = 1024  # points per splat chunk on XLA:CPU
