@@ -17,6 +17,16 @@ Run (2 CPU cores, the defaults take about 2-3 minutes)::
   python benchmarks/train_step.py --backbone resnet101 --batch 12 --crop 513 \\
       --solver_steps 200          # the paper's VOC size, on a GPU
 
+Another config's recipe, and variants of one method (issue 8's equal-wall-time
+comparison: the solver's time per training step)::
+
+  python benchmarks/train_step.py --config configs/camvid_small.py \
+      --num_classes 11 --batch 8 --crop 73 \
+      --variants "pce=stage=2;gd200=stage=2,method=soft_sl;adam80=stage=2,method=soft_sl,solver=adam,solver_steps=80"
+
+``--variants`` is ``label=get_config argument`` pairs separated by ``;``;
+the ratio is then to the first variant.
+
 Prints one JSON object per method: method, shape ``[batch, crop, crop, K]``,
 backbone, devices, compile seconds, ms/step (median, min, max) and the ratio
 to ``pce`` (the paper: soft self-labeling with 200 solver steps trains about
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import json
 import os
 import platform
@@ -76,8 +87,42 @@ def make_batch(batch: int, crop: int, num_classes: int, seed: int = 0
           "mask": np.where(scribbles == 255, 0, scribbles).astype(np.int32)}
 
 
-def config_for(args: argparse.Namespace, method: str):
-  """``configs/voc.py``'s recipe at the benchmark's size."""
+def load_config_module(path: str):
+  """The config module at ``path`` (a ``configs/*.py`` file)."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config {path!r}: no such config file")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config {path!r} has no get_config(arg)")
+  return module
+
+
+def parse_variants(text: str) -> list[tuple[str, str]]:
+  """``"a=stage=2;b=stage=2,method=soft_sl"`` -> ``[(a, ...), (b, ...)]``."""
+  variants = []
+  for item in filter(None, (v.strip() for v in text.split(";"))):
+    label, sep, arg = item.partition("=")
+    if not sep or not label:
+      raise ValueError(f"--variants item {item!r}: expected label=arg")
+    variants.append((label, arg))
+  labels = [label for label, _ in variants]
+  if len(set(labels)) != len(labels):
+    raise ValueError(f"--variants labels repeat: {labels}")
+  return variants
+
+
+def config_for(args: argparse.Namespace, method: str, arg: str | None = None):
+  """``configs/voc.py``'s recipe at the benchmark's size; with ``--config``,
+  that file's ``get_config(arg)`` (its model, method and solver) at the
+  benchmark's batch and crop."""
+  if arg is not None:
+    c = load_config_module(args.config).get_config(arg)
+    c.batch_size = args.batch
+    c.crop_size = args.crop
+    c.parallel = args.parallel
+    return c
   c = voc.get_config(f"stage=2,method={method},pretrained=false")
   c.model.backbone = args.backbone
   c.model.width = args.width
@@ -92,9 +137,14 @@ class Runner:
   """One method's compiled step, state and placed batch."""
 
   def __init__(self, args: argparse.Namespace, method: str,
-               batch: dict[str, np.ndarray]):
+               batch: dict[str, np.ndarray], arg: str | None = None):
+    config = config_for(args, method, arg)
     self.method = method
-    config = config_for(args, method)
+    self.solver_steps = (config.solver_steps
+                         if config.method in ("soft_sl", "hard_sl") else 0)
+    self.extra = ({} if arg is None else dict(
+        config=args.config, arg=arg, train_method=config.method,
+        solver_method=config.get("solver_method", "gd")))
     model = train.build_model(config, args.num_classes)
     tx = train.make_optimizer(config)
     model_def, state = train.create_state(model, tx, config.seed)
@@ -124,9 +174,8 @@ class Runner:
     return dict(
         method=self.method,
         shape=[args.batch, args.crop, args.crop, args.num_classes],
-        backbone=args.backbone, width=args.width,
-        solver_steps=(args.solver_steps
-                      if self.method in ("soft_sl", "hard_sl") else 0),
+        **self.extra, backbone=args.backbone, width=args.width,
+        solver_steps=self.solver_steps,
         devices=self.par.num_devices, parallel=args.parallel,
         first_step_s=round(self.first_s, 2),
         compile_s=round(max(self.first_s - median, 0.0), 2),
@@ -156,11 +205,27 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--parallel", default="shard_map",
                       choices=parallel.KINDS)
   parser.add_argument("--out", default="", help="also append rows here")
+  parser.add_argument("--config", default="",
+                      help="a config file whose recipe replaces voc's")
+  parser.add_argument("--variants", default="",
+                      help="with --config: label=get_config-arg;... "
+                           "(replaces --methods; --backbone, --width and "
+                           "--solver_steps then come from the config)")
   args = parser.parse_args(argv)
-  methods = [m for m in args.methods.split(",") if m]
-  for m in methods:
-    if m not in METHODS:
+  if bool(args.config) != bool(args.variants):
+    parser.error("--config and --variants go together")
+  try:
+    variants = parse_variants(args.variants) if args.variants else [
+        (m, None) for m in args.methods.split(",") if m]
+    if args.config:
+      load_config_module(args.config)
+  except (ValueError, FileNotFoundError) as e:
+    parser.error(str(e))
+  for m, arg in variants:
+    if arg is None and m not in METHODS:
       parser.error(f"unknown method {m!r}; expected some of {METHODS}")
+  if args.config:
+    args.backbone = args.width = args.solver_steps = None
   args.warmup = max(args.warmup, 1)
 
   header = dict(
@@ -173,19 +238,20 @@ def main(argv: list[str] | None = None) -> int:
   rows = [header]
   print(json.dumps(header), flush=True)
   batch = make_batch(args.batch, args.crop, args.num_classes)
-  runners = [Runner(args, method, batch) for method in methods]
+  runners = [Runner(args, method, batch, arg) for method, arg in variants]
   # Round-robin: step i of every method before step i + 1 of any, so that a
   # change in the machine's load hits every method alike.
   for _ in range(args.steps):
     for runner in runners:
       runner.times.append(runner.step())
-  base = None
+  base, base_key = None, "ratio_to_pce"
+  if args.config:
+    base_key = f"ratio_to_{runners[0].method}"
   for runner in runners:
     row = runner.row(args)
-    if runner.method == "pce":
+    if runner.method == "pce" or (args.config and runner is runners[0]):
       base = row["ms_per_step"]
-    row["ratio_to_pce"] = (round(row["ms_per_step"] / base, 2) if base
-                           else None)
+    row[base_key] = (round(row["ms_per_step"] / base, 2) if base else None)
     rows.append(row)
     print(json.dumps(row), flush=True)
   if args.out:

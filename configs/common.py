@@ -92,6 +92,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.solver_method = "gd"
   c.solver_adam_lr = 0.1
   c.dense_scale_factor = 1.0  # neighborhood=dense filters at this fraction
+  # Static lattice slots per image of neighborhood=dense; 0 = the safe bound
+  # 6N. Fewer slots filter faster (real crops need 2-13% of N at 513²):
+  # choose with potts_jax.bilateral.choose_capacity on a few batches. An
+  # overflow stops the run with an error naming this key.
+  c.dense_capacity = 0
   c.init_from = ""  # a stage-1 workdir or checkpoint
   c.stages = ()  # e.g. ({"name": "stage1", "method": "pce"}, {...})
   c.name = ""

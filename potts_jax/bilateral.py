@@ -64,9 +64,12 @@ real photos need 2-13 % of N at 513² (60-100 % of N at 40 px), and the
 filter's cost grows with the capacity. :func:`choose_capacity` counts the
 points of a concrete batch on the host and rounds up to a bucket; pass the
 result as ``capacity`` (``lattice_capacity`` of :func:`potts_jax.solver.solve`).
-A training run fixes one value for its crops (the largest count over a few
-batches, with headroom); an overflow raises outside ``jit`` and, inside,
-drops the extra points (``Lattice.num_points`` tells).
+A training run fixes one value for its crops (``config.dense_capacity``:
+the largest count over a few batches, with headroom). An overflow raises
+ValueError outside ``jit``; inside, :func:`prepare` drops the extra points
+(``Lattice.num_points`` tells), and the solver and the GD loss check that
+count on the host (:func:`check_num_points`), failing the computation with
+the same message.
 """
 
 from __future__ import annotations
@@ -108,7 +111,10 @@ def check_relaxation(name: str) -> str:
 
 
 def check_capacity(lattice: Lattice) -> None:
-  """Raises ValueError if a lattice overflowed (no-op on tracers)."""
+  """Raises ValueError if a lattice overflowed (no-op on tracers; inside
+  ``jit`` the caller checks ``num_points`` with :func:`check_num_points`)."""
+  if isinstance(lattice.num_points, jax.core.Tracer):
+    return
   check_key_range(lattice.key_range)
   check_num_points(lattice.num_points, lattice.plus.shape[-1] - 1,
                    lattice.index.shape[1])
@@ -118,9 +124,17 @@ def check_num_points(num_points: Array, capacity: int, num_pixels: int
                      ) -> None:
   """Raises ValueError if any of ``num_points`` ``[B]`` exceeds ``capacity``.
 
-  A no-op when ``num_points`` is a tracer (inside ``jit``).
+  Inside ``jit`` (``num_points`` a tracer) and with ``capacity`` below the
+  bound ``6 * num_pixels``, the check runs on the host once the values are
+  known (``jax.debug.callback``): the computation then fails with a
+  ``JaxRuntimeError`` that carries this message, instead of returning a
+  filter with dropped points.
   """
   if isinstance(num_points, jax.core.Tracer):
+    if capacity < 6 * num_pixels:
+      jax.debug.callback(functools.partial(
+          check_num_points, capacity=capacity, num_pixels=num_pixels),
+          num_points)
     return
   needed = int(np.max(np.asarray(num_points)))
   if needed > capacity:
@@ -128,7 +142,7 @@ def check_num_points(num_points: Array, capacity: int, num_pixels: int
         f"permutohedral lattice overflow: an image needs {needed} lattice "
         f"points but capacity is {capacity}; pass capacity >= {needed}, or "
         f"None for the bound 6N = {6 * num_pixels} (N = {num_pixels} pixels "
-        "at the working resolution)"
+        "at the working resolution); in training, config.dense_capacity"
     )
 
 

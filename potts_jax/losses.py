@@ -171,6 +171,7 @@ def gradient_descent_loss(
     axis_name: str | None = None,
     sigma_xy: float = 100.0,
     scale_factor: float = 1.0,
+    lattice_capacity: int | None = None,
 ) -> Array:
   """Regularised loss of paper eq. 4, optimised directly by the network.
 
@@ -191,6 +192,8 @@ def gradient_descent_loss(
     sigma_xy: spatial bandwidth of ``dense`` in pixels.
     scale_factor: static downscaling of ``dense``
       (:func:`potts_jax.bilateral.prepare`).
+    lattice_capacity: static lattice slots per image of ``dense`` (``capacity``
+      of :func:`potts_jax.bilateral.prepare`); None is the bound 6N.
 
   Returns:
     Scalar loss.
@@ -199,7 +202,11 @@ def gradient_descent_loss(
   if neighborhoods.check_neighborhood(neighborhood) == "dense":
     graph = bilateral.prepare(
         jax.lax.stop_gradient(image), labels, sigma_xy=sigma_xy,
-        sigma_rgb=sigma_rgb, scale_factor=scale_factor)
+        sigma_rgb=sigma_rgb, scale_factor=scale_factor,
+        capacity=lattice_capacity)
+    if lattice_capacity is not None:  # Inside jit: a host check.
+      bilateral.check_num_points(graph.lattice.num_points, lattice_capacity,
+                                 graph.mask[0].size)
     potts_sum = jnp.sum(bilateral.dense_energy(sigma, graph, relaxation))
     valid = jnp.sum(label_codes.valid(labels).astype(jnp.float32), (1, 2))
     num_pairs = jnp.sum(valid * (valid - 1.0))

@@ -72,8 +72,7 @@ def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
                  num_steps=config.solver_steps,
                  step_size=config.solver_step_size)
   if config.neighborhood == "dense":
-    options["sigma_xy"] = config.get("sigma_xy", 100.0)
-    options["scale_factor"] = config.get("dense_scale_factor", 1.0)
+    options.update(dense_options(config))
   method = config.get("solver_method", "gd")
   if method == "adam" and config.neighborhood == "dense":
     # The same update through optax: solver method "adam" is grid-only.
@@ -84,6 +83,19 @@ def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   elif method != "gd":
     options["method"] = method
   return options
+
+
+def dense_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The ``dense`` neighbourhood's options in ``config``, as keywords of
+  :func:`potts_jax.solver.solve` and
+  :func:`potts_jax.losses.gradient_descent_loss`."""
+  capacity = config.get("dense_capacity", 0)
+  if capacity is not None and (not isinstance(capacity, int) or capacity < 0):
+    raise ValueError(f"config.dense_capacity must be an int >= 0 (0 = the "
+                     f"bound 6N); got {capacity!r}")
+  return dict(sigma_xy=config.get("sigma_xy", 100.0),
+              scale_factor=config.get("dense_scale_factor", 1.0),
+              lattice_capacity=capacity or None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -182,7 +194,8 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
           logits, image, labels, relaxation=config.relaxation,
           neighborhood=config.neighborhood, eta=config.eta, lam=config.lam,
           sigma_rgb=config.sigma_rgb, axis_name=AXIS,
-          sigma_xy=config.get("sigma_xy", 100.0))
+          **(dense_options(config) if config.neighborhood == "dense"
+             else {}))
   else:
     def loss_fn(logits):
       return losses.partial_cross_entropy(logits, labels, axis_name=AXIS)

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from potts_jax import bilateral
 from potts_jax import losses
 from potts_jax import solver
 from potts_jax import steps
@@ -185,3 +186,39 @@ def test_solver_options_pass_sigma_xy_for_dense():
   assert steps.solver_options(config)["sigma_xy"] == 80.0
   config.neighborhood = "nn4"
   assert "sigma_xy" not in steps.solver_options(config)
+
+
+def test_lattice_capacity_in_the_gd_loss_and_its_overflow_inside_jit(grabcut):
+  logits, image, labels = grabcut
+  options = dict(relaxation="q", neighborhood="dense", sigma_xy=SIGMA_XY,
+                 sigma_rgb=SIGMA_RGB)
+  loss = jax.jit(lambda l, capacity=None: losses.gradient_descent_loss(
+      l, image, labels, lattice_capacity=capacity, **options),
+      static_argnums=1)
+  capacity = bilateral.choose_capacity(image, labels, sigma_xy=SIGMA_XY,
+                                       sigma_rgb=SIGMA_RGB)
+  assert capacity < 6 * labels[0].size
+  # A capacity that holds every point filters exactly as the 6N bound.
+  np.testing.assert_allclose(float(loss(logits, capacity)),
+                             float(loss(logits)), rtol=1e-6)
+  with pytest.raises(ValueError, match="overflow"):
+    losses.gradient_descent_loss(logits, image, labels, lattice_capacity=4,
+                                 **options)
+  # Inside jit the host check fails the computation, naming the config key.
+  with pytest.raises(Exception, match="overflow.*config.dense_capacity"):
+    jax.block_until_ready(loss(logits, 4))
+
+
+def test_dense_options_from_the_config():
+  config = ml_collections.ConfigDict(dict(
+      neighborhood="dense", sigma_xy=80.0, dense_scale_factor=0.5,
+      dense_capacity=0))
+  assert steps.dense_options(config) == dict(
+      sigma_xy=80.0, scale_factor=0.5, lattice_capacity=None)
+  config.dense_capacity = 4096
+  assert steps.dense_options(config)["lattice_capacity"] == 4096
+  for bad in (-1, 2.5):
+    config = ml_collections.ConfigDict(dict(neighborhood="dense",
+                                            dense_capacity=bad))
+    with pytest.raises(ValueError, match=f"dense_capacity.*{bad}"):
+      steps.dense_options(config)

@@ -105,3 +105,14 @@ def test_bad_parallel_kind_and_batch():
                               parallel.make_mesh(jax.devices()[:4]))
   with pytest.raises(ValueError, match="not a multiple"):
     par.put_batch({"image": np.zeros((3, 2, 2, 3), np.float32)})
+
+
+@pytest.mark.parametrize("method", ["gd", "soft_sl"])
+def test_dense_capacity_reaches_the_step_and_an_overflow_stops_it(method):
+  """config.dense_capacity is the lattice capacity of the GD loss and of the
+  solver; too small, the jitted step fails instead of dropping points."""
+  config = _config(method)
+  config.update(neighborhood="dense", relaxation="q", dense_capacity=4,
+                dense_scale_factor=0.5, solver_steps=2)
+  with pytest.raises(Exception, match="overflow.*config.dense_capacity"):
+    _run(config, "shard_map", 1, 1)
