@@ -20,9 +20,9 @@ Run (2 CPU cores, the defaults take about 2-3 minutes)::
 Another config's recipe, and variants of one method (issue 8's equal-wall-time
 comparison: the solver's time per training step)::
 
-  python benchmarks/train_step.py --config configs/camvid_small.py \
-      --num_classes 11 --batch 8 --crop 73 \
-      --variants "pce=stage=2;gd200=stage=2,method=soft_sl;adam80=stage=2,method=soft_sl,solver=adam,solver_steps=80"
+  python benchmarks/train_step.py --config configs/camvid_small.py \\
+      --num_classes 11 --batch 8 --crop 73 \\
+      --variants "pce=stage=2,method=pce;gd200=stage=2,method=soft_sl;adam80=stage=2,method=soft_sl,solver=adam,solver_steps=80"
 
 ``--variants`` is ``label=get_config argument`` pairs separated by ``;``;
 the ratio is then to the first variant.
@@ -118,7 +118,7 @@ def config_for(args: argparse.Namespace, method: str, arg: str | None = None):
   that file's ``get_config(arg)`` (its model, method and solver) at the
   benchmark's batch and crop."""
   if arg is not None:
-    c = load_config_module(args.config).get_config(arg)
+    c = args.config_module.get_config(arg)
     c.batch_size = args.batch
     c.crop_size = args.crop
     c.parallel = args.parallel
@@ -217,8 +217,8 @@ def main(argv: list[str] | None = None) -> int:
   try:
     variants = parse_variants(args.variants) if args.variants else [
         (m, None) for m in args.methods.split(",") if m]
-    if args.config:
-      load_config_module(args.config)
+    args.config_module = (load_config_module(args.config) if args.config
+                          else None)
   except (ValueError, FileNotFoundError) as e:
     parser.error(str(e))
   for m, arg in variants:
@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
       cpu_count=os.cpu_count(), platform=jax.default_backend(),
       device_kind=jax.devices()[0].device_kind,
       devices=jax.device_count(), jax=jax.__version__,
-      xla_flags=os.environ.get("XLA_FLAGS", ""), **vars(args))
+      xla_flags=os.environ.get("XLA_FLAGS", ""),
+      **{k: v for k, v in vars(args).items() if k != "config_module"})
   rows = [header]
   print(json.dumps(header), flush=True)
   batch = make_batch(args.batch, args.crop, args.num_classes)
@@ -244,12 +245,14 @@ def main(argv: list[str] | None = None) -> int:
   for _ in range(args.steps):
     for runner in runners:
       runner.times.append(runner.step())
-  base, base_key = None, "ratio_to_pce"
-  if args.config:
-    base_key = f"ratio_to_{runners[0].method}"
+  # The ratio is to the first variant with --config, else to pce.
+  first = runners[0] if args.config else next(
+      (r for r in runners if r.method == "pce"), None)
+  base_key = f"ratio_to_{first.method if args.config else 'pce'}"
+  base = None
   for runner in runners:
     row = runner.row(args)
-    if runner.method == "pce" or (args.config and runner is runners[0]):
+    if runner is first:
       base = row["ms_per_step"]
     row[base_key] = (round(row["ms_per_step"] / base, 2) if base else None)
     rows.append(row)

@@ -204,7 +204,7 @@ def gradient_descent_loss(
         jax.lax.stop_gradient(image), labels, sigma_xy=sigma_xy,
         sigma_rgb=sigma_rgb, scale_factor=scale_factor,
         capacity=lattice_capacity)
-    if lattice_capacity is not None:  # Inside jit: a host check.
+    if lattice_capacity is not None:  # prepare checks only outside jit.
       bilateral.check_num_points(graph.lattice.num_points, lattice_capacity,
                                  graph.mask[0].size)
     potts_sum = jnp.sum(bilateral.dense_energy(sigma, graph, relaxation))
