@@ -182,6 +182,23 @@ def test_report_is_reproducible_and_reads_the_orderings(tmp_path):
   assert (tmp_path / "miou.png").stat().st_size > 1000
 
 
+def test_report_states_the_headroom_of_full_supervision(tmp_path):
+  _fake_results(tmp_path, {"full": [0.36, 0.35, 0.34],
+                           "pce_continued_lr10x": [0.35, 0.345, 0.34]})
+  for seed, pole in enumerate((0.0, 0.06, 0.03)):
+    path = tmp_path / f"full_seed{seed}.json"
+    record = json.loads(path.read_text())
+    record["iou"] = {"Pole": pole, "Road": 0.8, "Sign": 0.07}
+    path.write_text(json.dumps(record))
+  text = report.markdown(report.load(tmp_path), tmp_path)
+  assert ("`full` (35.00) is above, within noise of `pce_continued_lr10x` "
+          "(34.50): difference +0.50, larger seed std 1.00; per seed "
+          "(same seed) +1.00 / +0.50 / +0.00") in text
+  # Pole's mean is 3.0%; Sign (7%) and Road are not listed.
+  assert ("- Classes below 5% test IoU even under full supervision (mean "
+          "over seeds): Pole 3.0.") in text
+
+
 def test_committed_results_reproduce_byte_for_byte():
   committed = sweep.RESULTS / "RESULTS.md"
   if not committed.is_file():
