@@ -37,8 +37,11 @@ Run one piece (the sweep, ``launch/camvid_small.py``, runs them all)::
 Variants: ``stage=1|2|full`` (``full``: every pixel labeled, one stage of
 ``STAGE1_STEPS + STAGE2_STEPS`` steps from ImageNet, the upper bound),
 ``method=``, ``relaxation=``, ``cross_entropy=``, ``neighborhood=`` (as
-:mod:`configs.voc`), ``lr2=`` (stage 2's initial learning rate), ``solver=gd|adam`` and ``solver_steps=N`` (the y-solver,
-issue 8's comparison), ``eval=test|val``, ``runlocal``.
+:mod:`configs.voc`), ``lr2=`` (stage 2's initial learning rate),
+``steps2=N`` (stage 2's steps, default ``STAGE2_STEPS``; for ``full``, the
+steps after the first ``STAGE1_STEPS``), ``solver=gd|adam`` and
+``solver_steps=N`` (the y-solver, issue 8's comparison), ``eval=test|val``,
+``runlocal``.
 
 Expected: see ``results/camvid_small/RESULTS.md`` (3 seeds per method).
 """
@@ -67,10 +70,12 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   arg = common.parse_arg(
       arg, method="soft_sl", relaxation="cd", cross_entropy="cce",
       neighborhood="nn4", stage="2", solver="gd", solver_steps=200,
-      lr2=voc.STAGE2_LR, eval="test", runlocal=False)
+      lr2=voc.STAGE2_LR, steps2=STAGE2_STEPS, eval="test", runlocal=False)
   voc.check_choice("stage", arg.stage, ("1", "2", "full"))
   voc.check_choice("eval", arg.eval, ("test", "val"))
   voc.check_choice("solver", arg.solver, SOLVERS)
+  if type(arg.steps2) is not int or arg.steps2 <= 0:  # pylint: disable=unidiomatic-typecheck
+    raise ValueError(f"steps2 must be a positive integer, got {arg.steps2!r}")
   c = common.get_config()
   c.lock()
 
@@ -117,11 +122,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   elif arg.stage == "full":
     voc.set_stages(c, "1", "pce", voc.STAGE1_LR, voc.STAGE2_LR)
     c.full_supervision = True
-    c.total_steps = STAGE1_STEPS + STAGE2_STEPS
+    c.total_steps = STAGE1_STEPS + arg.steps2
     c.name = "camvid_small_full"
   else:
     voc.set_stages(c, "2", arg.method, voc.STAGE1_LR, arg.lr2)
-    c.total_steps = STAGE2_STEPS
+    c.total_steps = arg.steps2
     c.name = (f"camvid_small_{arg.method}_{arg.cross_entropy}_"
               f"{arg.relaxation}_{arg.neighborhood}")
   if arg.runlocal:

@@ -20,6 +20,9 @@ Every run of :mod:`configs.camvid_small`, for seeds 0, 1, 2:
 ``full``                    every pixel labeled (the upper bound)
 ``soft_cce_q_dense``        soft SL, H_CCE + dense P_Q (Table 4's DN column),
                             the filter at half size, 50 Adam solver steps
+``<run>_long``              pCE continued, soft SL CD, GD CD and full
+                            supervision with ``LONG_STEPS`` stage-2 steps
+                            (4x): does a longer schedule open a gap?
 ==========================  ==================================================
 
 Stage 2 runs at the paper's rate (lr 0.0007) for the core comparison
@@ -74,6 +77,8 @@ SEEDS = (0, 1, 2)
 #: name -> config variant (stage 2 runs start from the seed's stage 1).
 _SOFT = "stage=2,method=soft_sl,cross_entropy="
 _FAST = ",lr2=0.007"
+LONG_STEPS = 800
+_LONG = f",steps2={LONG_STEPS}"
 RUNS = {
     "stage1": "stage=1",
     # Stage 2 at the paper's rate (lr 0.0007): the core comparison.
@@ -104,6 +109,12 @@ RUNS = {
     # the dense filter would take about 20 s per training step here).
     "soft_cce_q_dense_lr10x": (_SOFT + "cce,relaxation=q,neighborhood=dense,"
                                "solver=adam,solver_steps=50" + _FAST),
+    # Stage 2 (and full supervision after its first STAGE1_STEPS) 4x longer,
+    # at lr 0.007: whether the short schedule is what hides the differences.
+    "pce_continued_long": "stage=2,method=pce" + _FAST + _LONG,
+    "soft_cce_cd_long": _SOFT + "cce,relaxation=cd" + _FAST + _LONG,
+    "gd_cd_long": "stage=2,method=gd,relaxation=cd" + _FAST + _LONG,
+    "full_long": "stage=full" + _LONG,
 }
 WALL_EVERY = 30  # seconds between updates of a run's sweep_wall.json
 CORE = ("stage1", "pce_continued", "soft_cce_cd", "gd_cd", "hard_sl_cd")

@@ -73,6 +73,7 @@ def stats(records: dict[int, dict]) -> tuple[float, float, list[float]]:
 
 
 FAST = "_lr10x"  # the sweep's suffix of stage-2 runs at lr 0.007
+LONG = "_long"  # ... and of the runs with camvid_small.LONG_STEPS stage-2 steps
 
 
 def orderings(runs) -> list[str]:
@@ -88,13 +89,14 @@ def orderings(runs) -> list[str]:
     verdict = ("beats" if ma - mb > margin else
                "does not beat" if ma <= mb else "is above, within noise of")
     paired = [x - y for x, y in zip(have[a][2], have[b][2])]
-    pairing = "same seed" if "full" in (a, b) else "same stage 1"
+    pairing = ("same seed" if any(n.startswith("full") for n in (a, b))
+               else "same stage 1")
     return (f"- `{a}` ({ma:.2f}) {verdict} `{b}` ({mb:.2f}): difference "
             f"{ma - mb:+.2f}, larger seed std {margin:.2f}; per seed "
             f"({pairing}) {' / '.join(f'{d:+.2f}' for d in paired)}, "
             f"{sum(d > 0 for d in paired)} of {len(paired)} positive.")
 
-  for x in ("", FAST):
+  for x in ("", FAST, LONG):
     pairs = [("soft_cce_cd", "pce_continued"), ("soft_cce_cd", "gd_cd"),
              ("soft_cce_cd", "hard_sl_cd"), ("hard_sl_cd", "gd_cd"),
              ("soft_cce_cd_adam", "soft_cce_cd"),
@@ -123,19 +125,26 @@ def orderings(runs) -> list[str]:
                        f"{n.split('_')[1].upper()} {have[n][0]:.2f}"
                        for n in sorted(ces, key=lambda n: -have[n][0]))
                    + " (paper, Fig. 4 with P_Q: CCE > RCE > CE).")
-  # The headroom: what labelling every pixel buys at this size and schedule.
-  for b in ("pce_continued" + FAST, "stage1"):
-    if "full" in have and b in have:
-      lines.append(beats("full", b))
-  if "full" in have:
-    full = runs["full"]
+  # The headroom: what labelling every pixel buys at this size and schedule,
+  # and what the longer schedule buys.
+  for a, b in (("full", "pce_continued" + FAST), ("full", "stage1"),
+               ("full" + LONG, "pce_continued" + LONG),
+               ("full" + LONG, "full"),
+               ("pce_continued" + LONG, "pce_continued" + FAST),
+               ("soft_cce_cd" + LONG, "soft_cce_cd" + FAST)):
+    if a in have and b in have:
+      lines.append(beats(a, b))
+  for name in ("full", "full" + LONG):
+    if name not in have:
+      continue
+    full = runs[name]
     iou = {c: statistics.fmean(100 * r["iou"][c] for r in full.values())
            for c in next(iter(full.values()))["iou"]}
     low = [f"{c} {v:.1f}" for c, v in sorted(iou.items(), key=lambda i: i[1])
            if v < 5]
     if low:
       lines.append("- Classes below 5% test IoU even under full supervision "
-                   "(mean over seeds): " + ", ".join(low) + ".")
+                   f"(`{name}`, mean over seeds): " + ", ".join(low) + ".")
   if not lines:
     lines.append("- No run has all its seeds yet.")
   return lines
@@ -166,9 +175,13 @@ def markdown(runs, results: pathlib.Path = RESULTS) -> str:
   out += ["| run | what | paper | seeds | test mIoU | per seed | wall / run |",
           "|---|---|---|---|---|---|---|"]
   for name in camvid_small.RUNS:
-    what, paper = PAPER[name.removesuffix(FAST)]
+    what, paper = PAPER[name.removesuffix(FAST).removesuffix(LONG)]
     if name.endswith(FAST):
       what += ", stage 2 at lr 0.007"
+    elif name.endswith(LONG):
+      what += (f", {camvid_small.LONG_STEPS} steps after stage 1's"
+               if name.startswith("full") else
+               f", stage 2 for {camvid_small.LONG_STEPS} steps at lr 0.007")
     records = runs.get(name, {})
     if records:
       mean, std, values = stats(records)
@@ -200,7 +213,7 @@ def bar_plot(runs, path: pathlib.Path) -> None:
   from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   names = [n for n in camvid_small.RUNS if n in runs]
-  labels = [n.replace(FAST, " 10x") for n in names]
+  labels = [n.replace(FAST, " 10x").replace(LONG, " long") for n in names]
   fig = Figure(figsize=(8, 3.6))
   FigureCanvasAgg(fig)
   ax = fig.add_subplot()

@@ -46,12 +46,13 @@ def test_every_sweep_variant_loads(name):
   assert c.eval_split == "test" and c.num_classes == 11
   assert c.model.pretrained_dir == str(REPO / "weights" / "mobilenet_v2")
   stage = sweep.RUNS[name].split(",")[0]
+  long = name.endswith("_long")
+  steps2 = sweep.LONG_STEPS if long else camvid_small.STAGE2_STEPS
   assert c.total_steps == {
-      "stage=1": camvid_small.STAGE1_STEPS, "stage=2":
-      camvid_small.STAGE2_STEPS, "stage=full":
-      camvid_small.STAGE1_STEPS + camvid_small.STAGE2_STEPS}[stage]
-  assert c.full_supervision == (name == "full")
-  fast = name.endswith("_lr10x")
+      "stage=1": camvid_small.STAGE1_STEPS, "stage=2": steps2,
+      "stage=full": camvid_small.STAGE1_STEPS + steps2}[stage]
+  assert c.full_supervision == name.startswith("full")
+  fast = name.endswith("_lr10x") or long
   assert math.isclose(c.lr, 0.0007 if stage == "stage=2" and not fast
                       else 0.007)
 
@@ -65,7 +66,8 @@ def test_variants_reach_the_config():
   small = camvid_small.get_config("runlocal")
   assert small.total_steps == 3 and small.model.pretrained_dir == ""
   for bad, match in (("stage=both", "stage"), ("solver=lbfgs", "solver"),
-                     ("relaxation=potts", "relaxation")):
+                     ("relaxation=potts", "relaxation"), ("steps2", "steps2"),
+                     ("steps2=0", "steps2")):
     with pytest.raises(ValueError, match=match):
       camvid_small.get_config(bad)
 
@@ -184,19 +186,29 @@ def test_report_is_reproducible_and_reads_the_orderings(tmp_path):
 
 def test_report_states_the_headroom_of_full_supervision(tmp_path):
   _fake_results(tmp_path, {"full": [0.36, 0.35, 0.34],
-                           "pce_continued_lr10x": [0.35, 0.345, 0.34]})
-  for seed, pole in enumerate((0.0, 0.06, 0.03)):
-    path = tmp_path / f"full_seed{seed}.json"
-    record = json.loads(path.read_text())
-    record["iou"] = {"Pole": pole, "Road": 0.8, "Sign": 0.07}
-    path.write_text(json.dumps(record))
+                           "pce_continued_lr10x": [0.35, 0.345, 0.34],
+                           "full_long": [0.40, 0.39, 0.41],
+                           "pce_continued_long": [0.36, 0.36, 0.36]})
+  for name in ("full", "full_long"):
+    for seed, pole in enumerate((0.0, 0.06, 0.03)):
+      path = tmp_path / f"{name}_seed{seed}.json"
+      record = json.loads(path.read_text())
+      record["iou"] = {"Pole": pole, "Road": 0.8, "Sign": 0.07}
+      path.write_text(json.dumps(record))
   text = report.markdown(report.load(tmp_path), tmp_path)
+  assert ("| `full_long` | full supervision (upper bound), 800 steps after "
+          "stage 1's |  | 0,1,2 | 40.00 ± 1.00 |") in text
+  assert ("| `pce_continued_long` | pCE continued for the stage-2 steps, "
+          "stage 2 for 800 steps at lr 0.007 |") in text
+  assert ("`full_long` (40.00) beats `pce_continued_long` (36.00): "
+          "difference +4.00") in text
+  assert "`full_long` (40.00) beats `full` (35.00)" in text
   assert ("`full` (35.00) is above, within noise of `pce_continued_lr10x` "
           "(34.50): difference +0.50, larger seed std 1.00; per seed "
           "(same seed) +1.00 / +0.50 / +0.00") in text
   # Pole's mean is 3.0%; Sign (7%) and Road are not listed.
-  assert ("- Classes below 5% test IoU even under full supervision (mean "
-          "over seeds): Pole 3.0.") in text
+  assert ("- Classes below 5% test IoU even under full supervision "
+          "(`full`, mean over seeds): Pole 3.0.") in text
 
 
 def test_committed_results_reproduce_byte_for_byte():
