@@ -20,7 +20,8 @@ Static shapes:
   there were (:func:`potts_jax.bilateral.check_capacity` raises).
 * **Key range bound**: each key coordinate must span less than
   :data:`MAX_KEY_RANGE`, i.e. the features less than about 3,700 kernel
-  widths along every axis (:func:`check_key_range` raises outside ``jit``).
+  widths along every axis (:func:`check_key_range` raises; inside ``jit``
+  from a host callback).
 * The blur is the palindrome :data:`BLUR` of per-axis 3-tap blurs
   (``[1/8, 3/4, 1/8]`` on axes 0..d-1 twice, ``[1/4, 1/2, 1/4]`` on axis d
   once): variance ½ lattice step² per axis as in Adams et al., and ``F = Sᵀ
@@ -303,8 +304,14 @@ def count_points(features: Array) -> np.ndarray:
 
 
 def check_key_range(key_range) -> None:
-  """Raises ValueError if ``Lattice.key_range`` is too wide (no-op on tracers)."""
+  """Raises ValueError if ``Lattice.key_range`` is too wide.
+
+  Inside ``jit`` the check runs on the host once the value is known
+  (``jax.debug.callback``): the computation fails with this message instead
+  of filtering with aliased keys.
+  """
   if isinstance(key_range, jax.core.Tracer):
+    jax.debug.callback(check_key_range, key_range)
     return
   widest = int(np.max(np.asarray(key_range)))
   if widest > MAX_KEY_RANGE - 2:

@@ -285,6 +285,12 @@ def test_features_too_wide_for_the_keys_are_an_error():
     lattice_lib.build_lattice(f)
   with pytest.raises(ValueError, match="keys span"):
     lattice_lib.count_points(f)
+  # Inside jit the host check fails the computation with the same message.
+  build = jax.jit(lambda f: lattice_lib.build_lattice(f).num_points)
+  with pytest.raises(Exception, match="keys span"):
+    jax.block_until_ready(build(f))
+  f[0, 1, 2] = 100.0  # in range: no error
+  assert int(jax.block_until_ready(build(f))[0]) > 0
 
 
 @pytest.mark.parametrize("name", ["cd", "cce", "nq", "lq", "xx"])
