@@ -228,7 +228,7 @@ def select(args) -> dict[str, float]:
   from configs import camvid_small  # pylint: disable=g-import-not-at-top
   from potts_jax import metrics, solver, steps  # pylint: disable=g-import-not-at-top
   from potts_jax import checkpointing, train  # pylint: disable=g-import-not-at-top
-  from potts_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from potts_jax.data import augmentation, sources  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
@@ -240,7 +240,7 @@ def select(args) -> dict[str, float]:
   stage1 = pathlib.Path(args.root) / "seed0" / "stage1"
   checkpointing.restore_model(stage1, model)
   model.eval()
-  examples = [pipeline.read_example(data.eval[i]) for i in range(len(data.eval))]
+  examples = [augmentation.read_example(data.eval[i]) for i in range(len(data.eval))]
   image = jnp.asarray(np.stack([e["image"] for e in examples]), jnp.float32)
   scribbles = jnp.asarray(np.stack([e["scribbles"] for e in examples]),
                           jnp.int32)

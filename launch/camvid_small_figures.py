@@ -34,7 +34,7 @@ from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,wron
 import camvid_small as sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import camvid_small as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 from potts_jax import checkpointing, solver, steps, train, viz  # pylint: disable=g-import-not-at-top,wrong-import-position
-from potts_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
+from potts_jax.data import augmentation, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _open(root: pathlib.Path):
@@ -63,7 +63,7 @@ def _predict(model, images: np.ndarray) -> np.ndarray:
 
 def prediction_change(root: pathlib.Path, path: pathlib.Path) -> dict:
   config, data = _open(root)
-  examples = [pipeline.read_example(data.eval[i]) for i in range(len(data.eval))]
+  examples = [augmentation.read_example(data.eval[i]) for i in range(len(data.eval))]
   images = np.stack([e["image"] for e in examples])
   valid = np.stack([e["mask"] for e in examples]) < data.num_classes
   seed0 = root / "seed0"
@@ -87,7 +87,7 @@ def pseudo_label_figure(root: pathlib.Path, path: pathlib.Path) -> None:
   chosen = json.loads((RESULTS / "selection.json").read_text())["chosen"]
   model = _model(config, data, root / "seed0" / "stage1")
   picks = np.linspace(0, len(data.eval) - 1, 4).astype(int)
-  examples = [pipeline.read_example(data.eval[int(i)]) for i in picks]
+  examples = [augmentation.read_example(data.eval[int(i)]) for i in picks]
   image = jnp.asarray(np.stack([e["image"] for e in examples]), jnp.float32)
   scribbles = jnp.asarray(np.stack([e["scribbles"] for e in examples]),
                           jnp.int32)

@@ -41,6 +41,7 @@ from potts_jax import checkpointing
 from potts_jax import metrics
 from potts_jax import parallel
 from potts_jax import steps
+from potts_jax.data import augmentation
 from potts_jax.data import pipeline
 from potts_jax.data import sources as sources_lib
 from potts_jax.models import deeplabv3plus
@@ -187,7 +188,7 @@ def write_figure(path: str, graphdef, state, source, config, count: int = 4,
   from the network's logits, and the network's prediction.
   """
   from potts_jax import viz  # pylint: disable=g-import-not-at-top
-  examples = [pipeline.read_example(source[i])
+  examples = [augmentation.read_example(source[i])
               for i in range(min(count, len(source)))]
   by_size = {}
   for ex in examples:  # One call per image size (eval images may differ).

@@ -5,6 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
+from potts_jax.data import augmentation
 from potts_jax.data import demo_builder
 from potts_jax.data import pipeline
 from potts_jax.data import scribbles as scribbles_lib
@@ -45,7 +46,7 @@ def test_shapes_dtypes_and_classes():
                                             for e in examples])))
     assert present == set(range(k))
     # The pipeline reads them as they are.
-    pipeline.read_example(examples[0])
+    augmentation.read_example(examples[0])
   with pytest.raises(ValueError, match="num_classes"):
     demo_builder.make_example(0, num_classes=9)
 

@@ -9,21 +9,11 @@ list of dicts in the tests). Each example holds numpy arrays:
 * ``scribbles`` same shape, class ids, 255 unlabeled;
 * optionally ``name`` (``str`` or ``bytes``).
 
-Training (:func:`train_dataset`) follows the augmentation of the rloss /
-robust-trust-region lineage (``RandomHorizontalFlip``, ``RandomScaleCrop``,
-``RandomGaussianBlur``), all in numpy / PIL so that no JAX computation runs in
-the workers (grain itself imports jax; this module uses it only in the host-side
-:func:`to_global` and for the default process index):
-
-1. random horizontal flip of image, mask and scribbles together;
-2. random scale so that the short side is ``s * crop_size``, ``s`` uniform in
-   ``scale_range`` (image bilinear, labels nearest: labels are never
-   interpolated);
-3. padding at the bottom and right to at least ``crop_size`` (image 0, labels
-   254 = :data:`potts_jax.labels.PADDING`, never 255);
-4. a random ``crop_size x crop_size`` crop;
-5. with probability ``blur_prob`` a Gaussian blur of the image (PIL radius
-   uniform in ``[0, 1)``, as in rloss).
+Training (:func:`train_dataset`) reads and augments every example with
+:mod:`potts_jax.data.augmentation` (flip, scale, pad, crop, blur), all in
+numpy / PIL so that no JAX computation runs in the workers (grain itself
+imports jax; this module uses it only in the host-side :func:`to_global` and
+for the default process index).
 
 Every random choice of an example comes from
 ``np.random.default_rng([seed, epoch, index])`` with ``index`` the example's
@@ -51,12 +41,11 @@ from typing import Any, Iterator, Sequence
 from absl import flags
 import grain
 import numpy as np
-from PIL import Image
-from PIL import ImageFilter
 
+from potts_jax.data.augmentation import LABEL_KEYS
+from potts_jax.data.augmentation import augment
+from potts_jax.data.augmentation import read_example
 from potts_jax.labels import PADDING
-
-_LABEL_KEYS = ("mask", "scribbles")
 
 
 def _host_share(n: int, process_index: int | None,
@@ -93,125 +82,6 @@ def host_indices(n: int, process_index: int | None = None,
   """
   process_index, process_count = _host_share(n, process_index, process_count)
   return np.arange(process_index, n, process_count, dtype=np.int64)
-
-
-def _name(example: dict[str, Any]) -> str:
-  name = example.get("name", "")
-  if isinstance(name, np.ndarray):
-    name = name.item()
-  if isinstance(name, bytes):
-    name = name.decode("utf-8")
-  return str(name)
-
-
-def read_example(example: dict[str, Any]) -> dict[str, Any]:
-  """Checks one source example and brings it to the pipeline's layout.
-
-  Args:
-    example: a dict with ``image`` ``[H, W, 3]`` uint8, ``mask`` and
-      ``scribbles`` ``[H, W]`` or ``[H, W, 1]`` (uint8 class ids, 255
-      ignore / unlabeled) and optionally ``name``.
-
-  Returns:
-    A dict with ``image`` ``[H, W, 3]`` uint8, ``mask`` and ``scribbles``
-    ``[H, W]`` uint8 and ``name`` (``str``, ``""`` when absent).
-
-  Raises:
-    KeyError: a key is missing.
-    ValueError: a shape or dtype is not as above.
-  """
-  name = _name(example)
-  for key in ("image",) + _LABEL_KEYS:
-    if key not in example:
-      raise KeyError(f"example {name!r} has no {key!r} (keys: "
-                     f"{sorted(example)})")
-  image = np.asarray(example["image"])
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"example {name!r}: image must be [H, W, 3] uint8, got "
-                     f"{image.shape} {image.dtype}")
-  out = {"image": image, "name": name}
-  for key in _LABEL_KEYS:
-    label = np.asarray(example[key])
-    if label.ndim == 3 and label.shape[-1] == 1:
-      label = label[..., 0]
-    if label.shape != image.shape[:2] or label.dtype != np.uint8:
-      raise ValueError(f"example {name!r}: {key} must be [H, W] = "
-                       f"{list(image.shape[:2])} (or [H, W, 1]) uint8, got "
-                       f"{label.shape} {label.dtype}")
-    out[key] = label
-  return out
-
-
-def _resize(array: np.ndarray, size: tuple[int, int],
-            resample: int) -> np.ndarray:
-  """Resizes ``[H, W]`` or ``[H, W, 3]`` uint8 to ``size = (h, w)``."""
-  h, w = size
-  return np.asarray(Image.fromarray(array).resize((w, h), resample,
-                                                  reducing_gap=None))
-
-
-def augment(
-    example: dict[str, Any],
-    rng: np.random.Generator,
-    *,
-    crop_size: int,
-    scale_range: tuple[float, float] = (0.5, 2.0),
-    flip: bool = True,
-    blur_prob: float = 0.0,
-) -> dict[str, np.ndarray]:
-  """The training augmentation of one example (see the module docstring).
-
-  Args:
-    example: an output of :func:`read_example`.
-    rng: the example's generator; the only source of randomness.
-    crop_size: side of the square output.
-    scale_range: ``(low, high)``; the short side becomes ``s * crop_size``
-      with ``s`` uniform in it.
-    flip: whether to flip horizontally with probability 1/2.
-    blur_prob: probability of a Gaussian blur of the image.
-
-  Returns:
-    ``image`` ``[crop, crop, 3]`` float32 in 0..255, ``mask`` and
-    ``scribbles`` ``[crop, crop]`` int32; padding pixels have image 0 and
-    labels 254.
-  """
-  image, mask, scribbles = (example["image"], example["mask"],
-                            example["scribbles"])
-  # Draw every random number up front, in a fixed order.
-  do_flip = rng.random() < 0.5
-  s = rng.uniform(scale_range[0], scale_range[1])
-  crop_u = rng.random(2)
-  do_blur = rng.random() < blur_prob
-  radius = rng.random()
-
-  if flip and do_flip:
-    image, mask, scribbles = image[:, ::-1], mask[:, ::-1], scribbles[:, ::-1]
-    image, mask, scribbles = (np.ascontiguousarray(a)
-                              for a in (image, mask, scribbles))
-  h, w = mask.shape
-  factor = s * crop_size / min(h, w)
-  size = (max(1, round(h * factor)), max(1, round(w * factor)))
-  if size != (h, w):
-    image = _resize(image, size, Image.BILINEAR)
-    mask = _resize(mask, size, Image.NEAREST)
-    scribbles = _resize(scribbles, size, Image.NEAREST)
-  h, w = size
-  ph, pw = max(h, crop_size), max(w, crop_size)
-  if (ph, pw) != (h, w):
-    image = np.pad(image, ((0, ph - h), (0, pw - w), (0, 0)))
-    mask = np.pad(mask, ((0, ph - h), (0, pw - w)), constant_values=PADDING)
-    scribbles = np.pad(scribbles, ((0, ph - h), (0, pw - w)),
-                       constant_values=PADDING)
-  y0 = int(crop_u[0] * (ph - crop_size + 1))
-  x0 = int(crop_u[1] * (pw - crop_size + 1))
-  window = (slice(y0, y0 + crop_size), slice(x0, x0 + crop_size))
-  image, mask, scribbles = image[window], mask[window], scribbles[window]
-  if do_blur:
-    image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).filter(
-        ImageFilter.GaussianBlur(radius=radius)))
-  return {"image": image.astype(np.float32),
-          "mask": mask.astype(np.int32),
-          "scribbles": scribbles.astype(np.int32)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +246,7 @@ def pad_examples(
   """Stacks examples of different sizes, padding at the bottom and right.
 
   Args:
-    examples: outputs of :func:`read_example`.
+    examples: outputs of :func:`~potts_jax.data.augmentation.read_example`.
     shape: ``(H, W)`` to pad to; the largest height and width by default.
 
   Returns:
@@ -398,7 +268,7 @@ def pad_examples(
     if eh > h or ew > w:
       raise ValueError(f"example {e.get('name', '')!r} of size {(eh, ew)} "
                        f"does not fit in {tuple(shape)}")
-    for key in ("image",) + _LABEL_KEYS:
+    for key in ("image",) + LABEL_KEYS:
       batch[key][b, :eh, :ew] = e[key]
   return batch
 
