@@ -91,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Adam on the logits at solver_adam_lr), mirror, mirror_momentum.
   c.solver_method = "gd"
   c.solver_adam_lr = 0.1
+  # "coarse": start the solver from solver_warm_start_steps steps on the
+  # 2x2-pooled problem (potts_jax.warm_start; grid neighbourhoods only).
+  c.solver_warm_start = ""
+  c.solver_warm_start_steps = 25
   c.dense_scale_factor = 1.0  # neighborhood=dense filters at this fraction
   # Static lattice slots per image of neighborhood=dense; 0 = the safe bound
   # 6N. Fewer slots filter faster (real crops need 2-13% of N at 513²):

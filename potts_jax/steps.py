@@ -50,6 +50,7 @@ from potts_jax import losses
 from potts_jax import metrics
 from potts_jax import pretrained
 from potts_jax import solver
+from potts_jax import warm_start as warm
 from potts_jax.parallel import AXIS
 
 METHODS = ("pce", "gd", "soft_sl", "hard_sl", "hard_sl_gc")
@@ -82,6 +83,16 @@ def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
                    adam_step_size=config.get("solver_adam_lr", 0.1))
   elif method != "gd":
     options["method"] = method
+  warm_start = config.get("solver_warm_start", "")
+  if warm_start:
+    try:
+      warm.check_warm_start(warm_start, config.solver_warm_start_steps,
+                            config.neighborhood)
+    except ValueError as e:
+      raise ValueError(f"config.solver_warm_start / solver_warm_start_steps: "
+                       f"{e}") from None
+    options.update(warm_start=warm_start,
+                   warm_start_steps=config.solver_warm_start_steps)
   return options
 
 

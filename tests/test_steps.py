@@ -10,6 +10,7 @@ import pytest
 
 from potts_jax import losses
 from potts_jax import parallel
+from potts_jax import steps
 from potts_jax import train
 from potts_jax.data import pipeline
 from potts_jax.data import sources
@@ -116,3 +117,26 @@ def test_dense_capacity_reaches_the_step_and_an_overflow_stops_it(method):
                 dense_scale_factor=0.5, solver_steps=2)
   with pytest.raises(Exception, match="overflow.*config.dense_capacity"):
     _run(config, "shard_map", 1, 1)
+
+
+def test_solver_warm_start_reaches_the_step():
+  """config.solver_warm_start="coarse" starts the step's solver from the
+  pooled problem; bad values name the key."""
+  config = _config("soft_sl")
+  config.update(solver_steps=3)
+  assert "warm_start" not in steps.solver_options(config)
+  _, plain = _run(config, "shard_map", 1, 1)
+  config.update(solver_warm_start="coarse", solver_warm_start_steps=4)
+  options = steps.solver_options(config)
+  assert (options["warm_start"], options["warm_start_steps"]) == ("coarse", 4)
+  _, warm = _run(config, "shard_map", 1, 1)
+  assert np.isfinite(float(warm["energy"]))
+  # 4 coarse steps before the 3 fine ones reach a lower energy.
+  assert float(warm["energy"]) < float(plain["energy"])
+  for bad, match in ((dict(solver_warm_start="fine"), "unknown warm_start"),
+                     (dict(neighborhood="dense"), "nn4 and nn8"),
+                     (dict(solver_warm_start_steps=-1), "int >= 0")):
+    c = _config("soft_sl")
+    c.update({"solver_warm_start": "coarse", **bad})
+    with pytest.raises(ValueError, match="config.solver_warm_start.*" + match):
+      steps.solver_options(c)
