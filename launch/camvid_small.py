@@ -240,7 +240,8 @@ def select(args) -> dict[str, float]:
   stage1 = pathlib.Path(args.root) / "seed0" / "stage1"
   checkpointing.restore_model(stage1, model)
   model.eval()
-  examples = [augmentation.read_example(data.eval[i]) for i in range(len(data.eval))]
+  examples = [augmentation.read_example(data.eval[i])
+              for i in range(len(data.eval))]
   image = jnp.asarray(np.stack([e["image"] for e in examples]), jnp.float32)
   scribbles = jnp.asarray(np.stack([e["scribbles"] for e in examples]),
                           jnp.int32)

@@ -63,7 +63,8 @@ def _predict(model, images: np.ndarray) -> np.ndarray:
 
 def prediction_change(root: pathlib.Path, path: pathlib.Path) -> dict:
   config, data = _open(root)
-  examples = [augmentation.read_example(data.eval[i]) for i in range(len(data.eval))]
+  examples = [augmentation.read_example(data.eval[i])
+              for i in range(len(data.eval))]
   images = np.stack([e["image"] for e in examples])
   valid = np.stack([e["mask"] for e in examples]) < data.num_classes
   seed0 = root / "seed0"

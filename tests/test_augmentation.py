@@ -44,4 +44,5 @@ def test_read_example_errors_name_the_example():
   with pytest.raises(ValueError, match="'y'.*mask must be"):
     augmentation.read_example({**good, "name": "y", "mask": good["mask"][:3]})
   with pytest.raises(ValueError, match="image must be"):
-    augmentation.read_example({**good, "image": good["image"].astype(np.float32)})
+    augmentation.read_example({**good,
+                               "image": good["image"].astype(np.float32)})

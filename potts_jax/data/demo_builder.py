@@ -3,8 +3,9 @@ r"""TFDS builder ``demo``: a small procedural segmentation dataset (ships as cod
 Every example is drawn from ``np.random.default_rng([seed, crc32(split),
 index])`` with numpy and PIL only, so it depends on ``(seed, split, index)``
 and on nothing else (not on the order of generation, nor on other examples):
-no download, no data files. :func:`~potts_jax.data.demo_scenes.make_example`
-draws one example, :class:`DemoSource` serves a split from memory (list-like, for the pipeline,
+no download, no data files.
+:func:`~potts_jax.data.demo_scenes.make_example` draws one example,
+:class:`DemoSource` serves a split from memory (list-like, for the pipeline,
 CI and the README's command without any preparation) and
 :class:`DemoSegmentation` writes the same examples as a TFDS ``array_record``
 dataset (:func:`prepare` / :func:`load`).
