@@ -48,7 +48,10 @@ def test_two_processes_train_together_and_agree(tmp_path):
       if p.poll() is None:
         p.kill()
   for i, (code, out, err) in enumerate(outputs):
-    assert code == 0, f"process {i} failed:\n{err[-4000:]}"
+    # Both logs: a process stuck at the shutdown barrier waits for the other.
+    assert code == 0, f"process {i} failed:\n" + "\n".join(
+        f"--- process {j} (exit {c}):\n{e[-3000:]}"
+        for j, (c, _, e) in enumerate(outputs))
     assert "process 0 of 2" in err or "process 1 of 2" in err
     assert "4 devices (2 processes)" in err
   summaries = [json.loads(out.strip().splitlines()[-1])
