@@ -30,6 +30,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "camvid_small"
 sys.path.insert(0, str(REPO / "launch"))
 import camvid_small  # pylint: disable=g-import-not-at-top,wrong-import-position
+sys.path.insert(0, str(REPO))
+from configs.camvid_small import STAGE1_STEPS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 #: run -> (what, the paper's val mIoU on VOC with MobileNetV2, or None).
 PAPER = {
@@ -161,7 +163,9 @@ def markdown(runs, results: pathlib.Path = RESULTS) -> str:
          "CamVid frames at 120x90, 3% synthetic skeleton scribbles, "
          "DeepLabV3+ on ImageNet MobileNetV2 with a 64-channel decoder, "
          "stage 1 pCE then stage 2 from it, at the paper's stage-2 rate 0.0007 "
-         "or, `_lr10x`, at the stage-1 rate 0.007). Test mIoU (233 frames, 11 "
+         "or, `_lr10x`, at the stage-1 rate 0.007; `_long`: stage 2 for "
+         f"{camvid_small.LONG_STEPS} steps instead of 200, at 0.007). Test "
+         "mIoU (233 frames, 11 "
          "classes, full image) in %, mean ± sample std over the seeds done; "
          "the paper's numbers are VOC val mIoU with MobileNetV2 (Table 3 "
          "full-length scribbles, Table 4), for the ordering, not the level.",
@@ -179,7 +183,7 @@ def markdown(runs, results: pathlib.Path = RESULTS) -> str:
     if name.endswith(FAST):
       what += ", stage 2 at lr 0.007"
     elif name.endswith(LONG):
-      what += (f", {camvid_small.LONG_STEPS} steps after stage 1's"
+      what += (f", {STAGE1_STEPS + camvid_small.LONG_STEPS} steps"
                if name.startswith("full") else
                f", stage 2 for {camvid_small.LONG_STEPS} steps at lr 0.007")
     records = runs.get(name, {})

@@ -196,8 +196,8 @@ def test_report_states_the_headroom_of_full_supervision(tmp_path):
       record["iou"] = {"Pole": pole, "Road": 0.8, "Sign": 0.07}
       path.write_text(json.dumps(record))
   text = report.markdown(report.load(tmp_path), tmp_path)
-  assert ("| `full_long` | full supervision (upper bound), 800 steps after "
-          "stage 1's |  | 0,1,2 | 40.00 ± 1.00 |") in text
+  assert ("| `full_long` | full supervision (upper bound), 1200 steps |  | "
+          "0,1,2 | 40.00 ± 1.00 |") in text
   assert ("| `pce_continued_long` | pCE continued for the stage-2 steps, "
           "stage 2 for 800 steps at lr 0.007 |") in text
   assert ("`full_long` (40.00) beats `pce_continued_long` (36.00): "
