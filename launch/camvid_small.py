@@ -20,9 +20,11 @@ Every run of :mod:`configs.camvid_small`, for seeds 0, 1, 2:
 ``full``                    every pixel labeled (the upper bound)
 ``soft_cce_q_dense``        soft SL, H_CCE + dense P_Q (Table 4's DN column),
                             the filter at half size, 50 Adam solver steps
-``<run>_long``              pCE continued, soft SL CD, GD CD and full
-                            supervision with ``LONG_STEPS`` stage-2 steps
-                            (4x): does a longer schedule open a gap?
+``<run>_long``              pCE continued, soft SL with each relaxation
+                            (CD also with the Adam-180 solver), GD CD, hard
+                            SL CD and full supervision with ``LONG_STEPS``
+                            stage-2 steps (4x): does a longer schedule open
+                            a gap?
 ==========================  ==================================================
 
 Stage 2 runs at the paper's rate (lr 0.0007) for the core comparison
@@ -115,6 +117,15 @@ RUNS = {
     "soft_cce_cd_long": _SOFT + "cce,relaxation=cd" + _FAST + _LONG,
     "gd_cd_long": "stage=2,method=gd,relaxation=cd" + _FAST + _LONG,
     "full_long": "stage=full" + _LONG,
+    "soft_cce_cd_adam180_long": (_SOFT + "cce,relaxation=cd,solver=adam,"
+                                 "solver_steps=180" + _FAST + _LONG),
+    "hard_sl_cd_long": ("stage=2,method=hard_sl,cross_entropy=cce,"
+                        "relaxation=cd" + _FAST + _LONG),
+    "soft_cce_bl_long": _SOFT + "cce,relaxation=bl" + _FAST + _LONG,
+    "soft_cce_q_long": _SOFT + "cce,relaxation=q" + _FAST + _LONG,
+    "soft_cce_nq_long": _SOFT + "cce,relaxation=nq" + _FAST + _LONG,
+    "soft_cce_lq_long": _SOFT + "cce,relaxation=lq" + _FAST + _LONG,
+    "soft_cce_cce_long": _SOFT + "cce,relaxation=cce" + _FAST + _LONG,
 }
 WALL_EVERY = 30  # seconds between updates of a run's sweep_wall.json
 CORE = ("stage1", "pce_continued", "soft_cce_cd", "gd_cd", "hard_sl_cd")

@@ -31,7 +31,7 @@ RESULTS = REPO / "results" / "camvid_small"
 sys.path.insert(0, str(REPO / "launch"))
 import camvid_small  # pylint: disable=g-import-not-at-top,wrong-import-position
 sys.path.insert(0, str(REPO))
-from configs.camvid_small import STAGE1_STEPS  # pylint: disable=g-import-not-at-top,wrong-import-position
+from configs.camvid_small import STAGE1_STEPS, STAGE2_STEPS  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 #: run -> (what, the paper's val mIoU on VOC with MobileNetV2, or None).
 PAPER = {
@@ -164,7 +164,8 @@ def markdown(runs, results: pathlib.Path = RESULTS) -> str:
          "DeepLabV3+ on ImageNet MobileNetV2 with a 64-channel decoder, "
          "stage 1 pCE then stage 2 from it, at the paper's stage-2 rate 0.0007 "
          "or, `_lr10x`, at the stage-1 rate 0.007; `_long`: stage 2 for "
-         f"{camvid_small.LONG_STEPS} steps instead of 200, at 0.007). Test "
+         f"{camvid_small.LONG_STEPS} steps instead of {STAGE2_STEPS}, at 0.007). "
+         "Test "
          "mIoU (233 frames, 11 "
          "classes, full image) in %, mean ± sample std over the seeds done; "
          "the paper's numbers are VOC val mIoU with MobileNetV2 (Table 3 "
