@@ -29,7 +29,9 @@ and H_Q + P_Q::
 Resumable: one JSON line per (dataset, image, case) is appended to ``--out``
 and lines already there (same settings) are skipped, so a killed run loses
 at most the line it was measuring. ``--plot`` draws
-``benchmarks/solver_options.png`` (median gap vs steps and vs seconds).
+``benchmarks/solver_options.png`` (median gap vs steps and vs seconds) and
+``--summary`` prints the RESULTS.md tables, both by
+``benchmarks/solver_options_report.py``.
 Energy curves come from :func:`potts_jax.solver.solve_with_energies` (the
 XLA loop), Jaccards and times from :func:`potts_jax.solver.solve` (the
 native CPU loop for ``gd`` and ``adam``). For ``adam_coarse`` a step count
@@ -59,8 +61,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from potts_jax import cpu_solver, quadratic, solver  # noqa: E402
+from potts_jax import quadratic, solver  # noqa: E402
 from potts_jax.data import folder, scribbles, synthetic  # noqa: E402
+from solver_options_report import plot, summarize  # noqa: E402
 
 NESTEROV = optax.sgd(0.075, momentum=0.9, nesterov=True)
 METHODS = {
@@ -195,72 +198,6 @@ def measure(name, image, labels, k, case, index, args, steps):
           "scribbled": int(((labels < 254)).sum()), "free": int(free.sum())}
 
 
-def _step_ms(timing: list, shape, case: str) -> dict:
-  """ms per step of each curve's method at ``shape`` from ``--timing`` rows.
-
-  ``gd`` and ``adam`` take the loop ``kernel="auto"`` picks at that ``K``;
-  ``adam_coarse`` maps to ``(fine ms per step, coarse overhead ms)``.
-  """
-  sel = [t for t in timing if t["shape"] == list(shape) and t["case"] == case]
-  if not sel:
-    return {}
-  ms = sel[-1]["min"]["ms_per_step"]
-  loop = "native" if shape[-1] >= cpu_solver.MIN_CLASSES else "xla"
-  out = {m: (ms[m], 0.0) for m in ms}
-  out["gd"] = (ms[f"gd_{loop}"], 0.0)
-  out["adam"] = (ms[f"adam_{loop}"], 0.0)
-  steps = sel[-1]["steps"]
-  out["adam_coarse"] = (ms["adam_xla" if loop == "xla" else "adam_native"],
-                        steps * (ms["adam_coarse"] - out["adam"][0]))
-  return out
-
-
-def plot(path: Path, out_png: Path, timing_path: Path | None = None):
-  """Median gap vs steps and vs seconds (``--timing`` rows, min ms/step)."""
-  from matplotlib.figure import Figure
-  rows = [json.loads(l) for l in path.read_text().splitlines()]
-  rows = [r for r in rows if r.get("kind") == "row"]
-  timing = []
-  if timing_path is not None:
-    timing = [json.loads(l) for l in timing_path.read_text().splitlines()]
-    timing = [t for t in timing if t.get("kind") == "timing"]
-  fig = Figure(figsize=(12, 8.5), layout="constrained")
-  axes = fig.subplots(2, 2)
-  for i, case in enumerate(CASES):
-    for dataset, style in (("grabcut", "-"), ("camvid", "--")):
-      sel = [r for r in rows if r["case"] == case and r["dataset"] == dataset]
-      if not sel:
-        continue
-      steps = sel[0]["steps"]
-      ms = _step_ms(timing, sel[0]["shape"], case)
-      for j, method in enumerate(sel[0]["curves"]):
-        gap = [statistics.median(r["curves"][method]["gap"][n] for r in sel)
-               for n in range(len(steps))]
-        gap = np.maximum(gap, 1e-6)
-        color = f"C{j}"
-        axes[i, 0].loglog(steps, gap, style, color=color, marker="o",
-                          label=f"{method} ({dataset}, {len(sel)})")
-        if method in ms:
-          per_step, overhead = ms[method]
-          seconds = [(n * per_step + overhead) / 1e3 for n in steps]
-          axes[i, 1].loglog(seconds, gap, style, color=color, marker="o")
-    for ax, xlabel in zip(axes[i], (
-        "steps (adam_coarse: fine steps, after 25 coarse ones)",
-        "seconds per solve (B=1, 128², ms/step of --timing × steps)")):
-      ax.set_xlabel(xlabel)
-      ax.set_ylabel("median relative energy gap")
-      ax.set_title(f"{case.replace('_', ' + ').upper()}: solid GrabCut "
-                   "(K=2), dashed CamVid (K=11)")
-      ax.grid(True, which="both", alpha=0.3)
-    if rows:
-      steps = rows[0]["steps"]
-      axes[i, 0].set_xticks(steps, [str(n) for n in steps])
-      axes[i, 0].set_xticks([], minor=True)
-  fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right",
-             fontsize=7)
-  fig.savefig(out_png, dpi=90)
-
-
 # The loops timed by --timing: every option, gd and adam in both loops, and
 # Adam through optax (the way before method="adam").
 TIMED = {
@@ -318,89 +255,6 @@ def time_shape(spec: str, repeats: int, steps: int = 100):
                       "case": case, "steps": steps, "repeats": repeats,
                       "jax": jax.__version__, "cpu_count": os.cpu_count(),
                       "loadavg": os.getloadavg(), **stats}), flush=True)
-
-
-def _reach(rows, method, steps, target):
-  """Per row, the fewest steps in ``steps`` with energy <= ``target``."""
-  out = []
-  for r in rows:
-    energy = r["curves"][method]["energy"]
-    hit = [n for n, e in zip(steps, energy) if e <= target(r) * (1 + 1e-6)]
-    out.append(hit[0] if hit else None)
-  return out
-
-
-def summarize(path: Path, timing_path: Path | None = None):
-  """Prints the RESULTS.md tables of ``path``: quality, then cost.
-
-  The cost table comes from ``timing_path`` (``--timing`` rows) when given,
-  else from the rows' own timings (first image per dataset, measured during
-  the run).
-  """
-  rows = [json.loads(l) for l in path.read_text().splitlines()]
-  rows = [r for r in rows if r.get("kind") == "row"]
-  print("| data | case | method | images | median gap @25 / 50 / 100 / 200 "
-        "/ 400 | E ≤ GD@200 by 25 / 50 / 100 / 200 steps | Jaccard mean @50 "
-        "/ 200 / 400 | min @200 | ≥ 0.99 @200 |")
-  print("|---|---|---|---:|---|---|---|---:|---:|")
-  timing = {}
-  for dataset in ("grabcut", "camvid"):
-    for case in CASES:
-      sel = [r for r in rows if r["dataset"] == dataset and r["case"] == case]
-      if not sel:
-        continue
-      steps = sel[0]["steps"]
-      gd200 = lambda r: r["curves"]["gd"]["energy"][steps.index(200)]
-      for method in sel[0]["curves"]:
-        gap = [statistics.median(r["curves"][method]["gap"][i] for r in sel)
-               for i in range(len(steps))]
-        reach = _reach(sel, method, steps, gd200)
-        counts = " / ".join(
-            f"{sum(x is not None and x <= n for x in reach)}/{len(sel)}"
-            for n in (25, 50, 100, 200))
-        jac = low = good = ""
-        if "jaccard" in sel[0]["curves"][method]:
-          at = lambda n: [r["curves"][method]["jaccard"][steps.index(n)]
-                          for r in sel]
-          jac = " / ".join(f"{statistics.fmean(at(n)):.4f}"
-                           for n in (50, 200, 400))
-          low = f"{min(at(200)):.4f}"
-          good = f"{sum(j >= 0.99 for j in at(200))}/{len(sel)}"
-        print(f"| {dataset} | {case} | {method} | {len(sel)} | "
-              + " / ".join(f"{g:.1e}" for g in gap)
-              + f" | {counts} | {jac} | {low} | {good} |")
-      timed = [r["step_s"] for r in sel if r.get("step_s")]
-      if timed:
-        timing[(dataset, case, tuple(sel[0]["shape"]))] = {
-            m: 1e3 * statistics.median(t[m] for t in timed) for m in timed[0]}
-  if timing_path is not None:
-    _timing_table(timing_path)
-  elif timing:
-    methods = list(next(iter(timing.values())))
-    print()
-    print("| data | case | shape | " + " | ".join(methods) + " |")
-    print("|---|---|---|" + "---:|" * len(methods))
-    for (dataset, case, shape), ms in timing.items():
-      cells = [f"{ms[m]:.2f} ({ms[m] / ms['gd']:.2f}×)" for m in methods]
-      print(f"| {dataset} | {case} | {'x'.join(map(str, shape))} | "
-            + " | ".join(cells) + " |")
-
-
-def _timing_table(path: Path):
-  """Prints ms per step (min over rounds) and ratios of ``--timing`` rows."""
-  rows = [json.loads(l) for l in path.read_text().splitlines()]
-  rows = [r for r in rows if r.get("kind") == "timing"]
-  methods = list(rows[0]["min"]["ms_per_step"])
-  print()
-  print("| B×S×S×K | case | load | " + " | ".join(methods) + " |")
-  print("|---|---|---:|" + "---:|" * len(methods))
-  for r in rows:
-    ms, best = r["min"]["ms_per_step"], r["min"]["vs_best_gd"]
-    cells = [f"{ms[m]:.2f} ({best[m]:.2f}×)" for m in methods]
-    shape = "×".join(str(x) for x in (r["shape"][0], r["shape"][1],
-                                       r["shape"][2], r["shape"][3]))
-    print(f"| {shape} | {r['case']} | {r['loadavg'][0]:.1f} | "
-          + " | ".join(cells) + " |")
 
 
 def main(argv=None):
