@@ -122,10 +122,10 @@ RUNS = {
     "hard_sl_cd_long": ("stage=2,method=hard_sl,cross_entropy=cce,"
                         "relaxation=cd" + _FAST + _LONG),
     "soft_cce_bl_long": _SOFT + "cce,relaxation=bl" + _FAST + _LONG,
+    "soft_cce_cce_long": _SOFT + "cce,relaxation=cce" + _FAST + _LONG,
     "soft_cce_q_long": _SOFT + "cce,relaxation=q" + _FAST + _LONG,
     "soft_cce_nq_long": _SOFT + "cce,relaxation=nq" + _FAST + _LONG,
     "soft_cce_lq_long": _SOFT + "cce,relaxation=lq" + _FAST + _LONG,
-    "soft_cce_cce_long": _SOFT + "cce,relaxation=cce" + _FAST + _LONG,
 }
 WALL_EVERY = 30  # seconds between updates of a run's sweep_wall.json
 CORE = ("stage1", "pce_continued", "soft_cce_cd", "gd_cd", "hard_sl_cd")
