@@ -101,7 +101,8 @@ def orderings(runs) -> list[str]:
   for x in ("", FAST, LONG):
     pairs = [("soft_cce_cd", "pce_continued"), ("soft_cce_cd", "gd_cd"),
              ("soft_cce_cd", "hard_sl_cd"), ("hard_sl_cd", "gd_cd"),
-             ("hard_sl_cd", "pce_continued"),
+             ("hard_sl_cd", "pce_continued"), ("soft_cce_cd", "soft_cce_bl"),
+             ("soft_cce_cd", "soft_cce_cce"),
              ("soft_cce_cd_adam", "soft_cce_cd"),
              ("soft_cce_cd_adam180", "soft_cce_cd"),
              ("soft_cce_q", "soft_cce_q_dense")]
