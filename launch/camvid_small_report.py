@@ -166,10 +166,9 @@ def markdown(runs, results: pathlib.Path = RESULTS) -> str:
          "DeepLabV3+ on ImageNet MobileNetV2 with a 64-channel decoder, "
          "stage 1 pCE then stage 2 from it, at the paper's stage-2 rate 0.0007 "
          "or, `_lr10x`, at the stage-1 rate 0.007; `_long`: stage 2 for "
-         f"{camvid_small.LONG_STEPS} steps instead of {STAGE2_STEPS}, at 0.007). "
-         "Test "
-         "mIoU (233 frames, 11 "
-         "classes, full image) in %, mean ± sample std over the seeds done; "
+         f"{camvid_small.LONG_STEPS} steps instead of {STAGE2_STEPS}, at "
+         "0.007). Test mIoU (233 frames, 11 classes, full image) in %, "
+         "mean ± sample std over the seeds done; "
          "the paper's numbers are VOC val mIoU with MobileNetV2 (Table 3 "
          "full-length scribbles, Table 4), for the ordering, not the level.",
          ""]
