@@ -28,7 +28,9 @@ comparison: the solver's time per training step)::
 the ratio is then to the first variant.
 
 Prints one JSON object per method: method, shape ``[batch, crop, crop, K]``,
-backbone, devices, compile seconds, ms/step (median, min, max) and the ratio
+backbone, devices, compile seconds, ms/step (median, min, max), XLA's
+estimate of the step's memory (``xla_bytes``: arguments, outputs and
+temporaries of the compiled step) and the ratio
 to ``pce`` (the paper: soft self-labeling with 200 solver steps trains about
 3x slower than SGD with the dense Potts loss, appendix B). The first line is a
 header with the machine and the arguments.
@@ -158,7 +160,15 @@ class Runner:
     self.batch = self.par.put_batch(batch)
     self.scalars = None
     self.times = []
-    self.first_s = self.step()  # Compiles.
+    t0 = time.perf_counter()
+    # Compiled ahead of time for XLA's memory estimate of the step (argument
+    # + output + temporary bytes): the peak the step itself needs.
+    self.fn = self.fn.lower(self.state, self.batch).compile()
+    mem = self.fn.memory_analysis()
+    self.xla_bytes = None if mem is None else int(
+        mem.temp_size_in_bytes + mem.argument_size_in_bytes
+        + mem.output_size_in_bytes)
+    self.first_s = time.perf_counter() - t0 + self.step()
     for _ in range(args.warmup - 1):
       self.step()
 
@@ -182,7 +192,8 @@ class Runner:
         ms_per_step=round(1000 * median, 1),
         min_ms=round(1000 * min(self.times), 1),
         max_ms=round(1000 * max(self.times), 1),
-        timed_steps=len(self.times), finite_loss=bool(np.isfinite(loss)))
+        timed_steps=len(self.times), xla_bytes=self.xla_bytes,
+        finite_loss=bool(np.isfinite(loss)))
 
 
 def main(argv: list[str] | None = None) -> int:
