@@ -17,19 +17,7 @@ RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
 CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
 
 
-def _problem(b=2, h=7, w=9, k=4, seed=0):
-  rng = np.random.default_rng(seed)
-  logits = rng.normal(size=(b, h, w, k)).astype(np.float32) * 2.0
-  image = rng.uniform(0, 255, size=(b, h, w, 3)).astype(np.float32)
-  # Smooth the image a little so that affinities are not all tiny.
-  image[:, :, 1:] = 0.5 * (image[:, :, 1:] + image[:, :, :-1])
-  labels = np.full((b, h, w), 255, np.int32)
-  labels[:, 1, 1:4] = 0
-  labels[:, 4, 2:6] = k - 1
-  labels[0, 5, 6] = 1
-  labels[:, :, -1] = 254  # a padding column
-  labels[1, -1, :] = 254
-  return logits, image, labels
+_problem = synthetic.grid_problem
 
 
 # An independent energy, written from ARCHITECTURE §3 with explicit slices.

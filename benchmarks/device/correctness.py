@@ -45,24 +45,11 @@ from potts_jax import solver
 from potts_jax import train
 from potts_jax.data import pipeline
 from potts_jax.data import sources
+from potts_jax.data import synthetic
 
 SOLVER_TOL = 2e-5
 DENSE_TOL = 1e-4
 PARALLEL_TOL = 1e-5
-
-
-def _problem(b=2, h=9, w=11, k=5, seed=0):
-  """Logits, a smoothed random image, scribbles of several classes, padding."""
-  rng = np.random.default_rng(seed)
-  logits = rng.normal(size=(b, h, w, k)).astype(np.float32) * 2.0
-  image = rng.uniform(0, 255, size=(b, h, w, 3)).astype(np.float32)
-  image[:, :, 1:] = 0.5 * (image[:, :, 1:] + image[:, :, :-1])
-  labels = np.full((b, h, w), 255, np.int32)
-  labels[:, 1, 1:4] = 0
-  labels[:, 4, 2:6] = k - 1
-  labels[0, 5, 6] = 1
-  labels[:, :, -1] = 254
-  return logits, image, labels
 
 
 def _on(device, fn, *arrays):
@@ -74,7 +61,7 @@ def _on(device, fn, *arrays):
 
 def check_solver(rec, accel, cpu, cases):
   """``cases``: ``(relaxation, neighborhood)`` pairs."""
-  inputs = _problem()
+  inputs = synthetic.grid_problem(k=5, h=9, w=11)
   for relaxation, neighborhood in cases:
     fn = functools.partial(solver.solve, relaxation=relaxation,
                            neighborhood=neighborhood, num_steps=20,
@@ -89,7 +76,8 @@ def check_solver(rec, accel, cpu, cases):
 
 
 def check_dense(rec, accel, cpu):
-  logits, image, _ = _problem(b=1, h=24, w=28, k=5, seed=1)
+  logits, image, _ = synthetic.grid_problem(h=24, w=28, k=5, seed=1)
+  logits, image = logits[:1], image[:1]
   labels = np.full(image.shape[:3], 255, np.int32)
   y = np.asarray(jax.nn.softmax(jnp.asarray(logits)))
   for relaxation in bilateral.SUPPORTED:
