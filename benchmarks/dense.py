@@ -158,7 +158,7 @@ def bench_densecrf(image, y, repeats):
 
 
 def _exact(image, y, sigma_xy):
-  """float64 ``Σ_{i≠j} w_ij P`` and gradient for ``q`` and ``bl``."""
+  """float64 ``Σ_{i<j} w_ij P`` and gradient for ``q`` and ``bl``."""
   h, w, _ = image.shape
   yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
   f = np.concatenate([np.stack([xx, yy], -1).reshape(-1, 2) / sigma_xy,
@@ -171,11 +171,12 @@ def _exact(image, y, sigma_xy):
 
 def _energies(y, fy, fm):
   """``{relaxation: (energy, gradient)}`` from ``Σ_{j≠i} w_ij y_j`` and the
-  degrees (all pixels valid)."""
+  degrees (all pixels valid); each unordered pair counted once, half the
+  sums over ordered pairs (potts_jax/bilateral.py)."""
   s = (y * fy).sum(-1)
   a = (y * y).sum(-1)
-  return {"q": (float((a * fm - s).sum()), 2.0 * (fm[:, None] * y - fy)),
-          "bl": (float((fm - s).sum()), -2.0 * fy)}
+  return {"q": (0.5 * float((a * fm - s).sum()), fm[:, None] * y - fy),
+          "bl": (0.5 * float((fm - s).sum()), -fy)}
 
 
 def _plain(image, y, sigma_xy):

@@ -9,7 +9,9 @@ paper's default), SGD with poly 0.9, trained in a *single stage*.
 Not in the paper, taken from the lineage: crop 513 at scales 0.5-2 of the crop
 (the VOC crop of the paper's code base; TEL's openseg config crops 520), lr
 0.01 (pytorch-deeplab-xception's non-VOC rate) and 120 epochs (about
-openseg's 150k iterations at batch 16): 202,100 steps at batch 12.
+openseg's 150k iterations at batch 16): 202,100 steps at batch 12. The lr is
+on the lineage's loss (``loss_normalization="batch_mean"``, set by
+:func:`configs.cityscapes.block_config`: pixel mean / batch size).
 
 Prerequisites: ``ade20k_block`` prepared in ``--config.data_dir`` (builder
 config ``block50``) and ``weights/resnet101``. Run::

@@ -10,7 +10,8 @@ Not in the paper, taken from the lineage: crop 769 at scales 0.5-2 of the
 crop (DeepLab's and openseg's Cityscapes crop; the paper's VOC code base,
 pytorch-deeplab-xception, crops at a random scale of the crop size too), lr
 0.01 and 200 epochs (pytorch-deeplab-xception's Cityscapes defaults): 49,584
-steps at batch 12.
+steps at batch 12. The lr is on the lineage's loss
+(``loss_normalization="batch_mean"``: pixel mean / batch size).
 
 Prerequisites: ``cityscapes_block`` prepared in ``--config.data_dir``
 (builder config ``block50``; the run names the preparation command when it is
@@ -77,6 +78,8 @@ def block_config(arg: str, *, dataset: str, num_classes: int,
   c.momentum = 0.9
   c.weight_decay = 5e-4
   c.poly_power = 0.9
+  # The lineage's loss (pixel mean / batch size), for which lr 0.01 is set.
+  c.loss_normalization = "batch_mean"
 
   voc.set_loss(c, arg)
   c.eta = 0.3

@@ -53,7 +53,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.blur_prob = 0.0
   c.worker_count = 0
   c.eval_batch_size = 4
-  c.eval_pad_to = ()  # e.g. (512, 512): one compilation for the whole split
+  # The eval protocol (potts_jax.train.eval_dataset), named in the protocol
+  # string logged with every number: "full" (every image at its own size,
+  # unpadded: exact; one compilation per distinct image shape),
+  # "center_crop" (rloss's FixScaleCrop(eval_crop_size): short side resized
+  # to it, the centre square scored) or "padded" (zeros to eval_pad_to, or to
+  # each batch's largest image: the padding enters the network).
+  c.eval_protocol = "full"
+  c.eval_crop_size = 513  # eval_protocol=center_crop
+  c.eval_pad_to = ()  # eval_protocol=padded: e.g. (512, 512); () = batch max
 
   # Network (potts_jax/models/deeplabv3plus.py).
   c.model = ml_collections.ConfigDict()
@@ -74,6 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.weight_decay = 5e-4
   c.poly_power = 0.9
   c.head_lr_mult = 10.0
+  # What the lr is measured against (potts_jax.losses.normalization_scale):
+  # "pixel_mean", every loss term a mean over the counted pixels of the global
+  # batch; "batch_mean", those means divided by the global batch size B, the
+  # loss of the paper's code lineage (rloss / pytorch-deeplab-xception:
+  # CrossEntropyLoss(batch_average=True), DenseCRF loss / n), for which its
+  # lr 0.007 / 0.0007 were set. A batch_mean step at lr η equals a pixel_mean
+  # step at lr η/B with weight decay B·wd. The default is pixel_mean, the
+  # units the demo and CamVid configs were tuned in; the paper configs (voc,
+  # voc_r101, cityscapes, ade20k) set batch_mean.
+  c.loss_normalization = "pixel_mean"
 
   # Method and loss (potts_jax/steps.py).
   c.method = "pce"  # pce | gd | soft_sl | hard_sl | hard_sl_gc (steps.METHODS)

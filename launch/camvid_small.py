@@ -74,6 +74,8 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "camvid_small"
 CONFIG = "configs/camvid_small.py"
+# λ of neighborhood=dense runs relative to the selection's (as in the config).
+DENSE_LAM_FACTOR = 2.0
 SEEDS = (0, 1, 2)
 
 #: name -> config variant (stage 2 runs start from the seed's stage 1).
@@ -176,6 +178,10 @@ def command(args, seed: int, name: str) -> list[str]:
     if chosen is None:
       raise RuntimeError(f"{RESULTS / 'selection.json'} is missing: run "
                          "`python launch/camvid_small.py select` first")
+    if "neighborhood=dense" in RUNS[name]:
+      # The committed dense run had λ 12 on a sum over ordered pairs; dense
+      # pairs now count once, as on the grid, so the same run is λ 24.
+      chosen = dict(chosen, lam=DENSE_LAM_FACTOR * chosen["lam"])
     cmd += [f"--config.{k}={v}" for k, v in sorted(chosen.items())]
   return cmd
 

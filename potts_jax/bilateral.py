@@ -45,16 +45,20 @@ photos shrunk to 40 px: ``q`` -6.4 % .. +7.3 % (2.0 %), ``bl`` -3.4 % ..
 +74 %. At σ_xy = 10 (16 photos) ``q`` is within -6 % .. +13 %, ``bl``
 -3 % .. +6 % (plain: -39 % .. -2 %, -17 % .. +3 %).
 
-Dense Potts energies (quadratic relaxations only; a sum over **ordered**
-pairs ``i ≠ j`` of valid pixels, so each unordered pair counts twice, as in
-the rloss lineage):
+Dense Potts energies (quadratic relaxations only). The pair convention is
+that of the grid neighbourhoods (:mod:`potts_jax.neighborhoods`), so that
+λ means the same on ``nn4``, ``nn8`` and ``dense``: a sum over **unordered**
+pairs ``{i, j}``, ``i ≠ j``, of valid pixels, each pair counted once (half
+the sum over ordered pairs that the rloss DenseCRF loss computes):
 
-* ``bl``: ``Σ_{i≠j} w_ij (1 - y_iᵀy_j)``, gradient ``-2 Σ_{j≠i} w_ij y_j``;
-* ``q``: ``Σ_{i≠j} w_ij ½‖y_i - y_j‖²``, gradient
-  ``2 Σ_{j≠i} w_ij (y_i - y_j)``;
+* ``bl``: ``Σ_{i<j} w_ij (1 - y_iᵀy_j) = ½ Σ_{i≠j} ...``, gradient
+  ``-Σ_{j≠i} w_ij y_j``;
+* ``q``: ``Σ_{i<j} w_ij ½‖y_i - y_j‖²``, gradient ``Σ_{j≠i} w_ij (y_i - y_j)``;
 
 both from one filtering of ``[m y, m]`` (m the valid-pixel mask; padding,
-label 254, takes part in no pair). ``scale_factor < 1`` downscales as the
+label 254, takes part in no pair). With a spatial bandwidth so small that
+only the 4 nearest neighbours carry weight, the dense energy is the ``nn4``
+grid energy with the dense weights (tests/test_bilateral.py). ``scale_factor < 1`` downscales as the
 rloss DenseCRFLoss does (``y`` bilinearly with antialiasing, image and mask
 nearest) and multiplies the energy by ``(HW / hw)²`` so that it estimates
 the full-resolution sum.
@@ -297,13 +301,14 @@ def _energy_and_grad(y, graph, relaxation):
   out = affinity(jnp.concatenate([m * yf, m], -1), graph)
   fy, fm = out[..., :k], out[..., k:]
   s = jnp.sum(yf * fy, -1, keepdims=True)
+  # Unordered pairs: half of the sums over ordered pairs i ≠ j.
   if relaxation == "q":  # the diagonal cancels.
     a = jnp.sum(yf * yf, -1, keepdims=True)
-    e = m * (a * fm - s)
-    g = 2.0 * m * (fm * yf - fy)
+    e = 0.5 * m * (a * fm - s)
+    g = m * (fm * yf - fy)
   else:
-    e = m * (fm - s)
-    g = -2.0 * m * fy
+    e = 0.5 * m * (fm - s)
+    g = -m * fy
   return jnp.sum(e, axis=(1, 2)), g.reshape(b, h, w, k)
 
 
@@ -325,7 +330,9 @@ _energy.defvjp(_energy_fwd, _energy_bwd)
 
 
 def dense_energy(y: Array, graph: DenseGraph, relaxation: str = "q") -> Array:
-  """``Σ_{i≠j valid} w_ij P(y_i, y_j)`` per image (module docstring).
+  """``Σ_{i<j valid} w_ij P(y_i, y_j)`` per image (module docstring).
+
+  Each unordered pair of valid pixels counts once, as on the grid.
 
   Differentiable in ``y`` (one filtering for value and gradient).
 

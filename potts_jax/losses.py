@@ -25,6 +25,14 @@ device losses, and of their gradients, is exactly the loss of the global batch
 as one device would compute it, however the scribbled pixels are spread over the
 devices. (A ``pmean`` of per-device means weights a device's pixels by the
 inverse of its own count instead.) ``axis_name=None`` is the plain mean.
+
+Loss normalisation (``config.loss_normalization``, :func:`normalization_scale`):
+the losses here are pixel means (``pixel_mean``). The paper's code lineage
+(rloss / pytorch-deeplab-xception, ``SegmentationLosses(batch_average=True)``
+and the DenseCRF loss) divides every term once more by the batch size B
+(``batch_mean``); its learning rates (0.007, 0.0007) are for that loss. The
+train step multiplies the whole loss by :func:`normalization_scale` of the
+*global* batch size, so the loss is the same on any number of devices.
 """
 
 from __future__ import annotations
@@ -82,6 +90,32 @@ def cross_entropy(name: str) -> Callable[..., Array]:
     ValueError: for a name other than ``ce, rce, cce, q``.
   """
   return _BY_NAME[check_name(name)]
+
+
+NORMALIZATIONS = ("pixel_mean", "batch_mean")
+
+
+def normalization_scale(normalization: str, batch_size: int) -> float:
+  """The factor of the whole loss under ``normalization`` (module docstring).
+
+  Args:
+    normalization: ``pixel_mean`` (the losses as they are: means over the
+      counted pixels of the global batch) or ``batch_mean`` (the
+      lineage's: those means divided by the global batch size).
+    batch_size: the global batch size B (images, all devices together).
+
+  Returns:
+    ``1.0`` for ``pixel_mean``, ``1 / B`` for ``batch_mean``.
+
+  Raises:
+    ValueError: for another name or ``batch_size < 1``.
+  """
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"unknown loss normalization {normalization!r}; expected "
+                     f"one of {list(NORMALIZATIONS)}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  return 1.0 if normalization == "pixel_mean" else 1.0 / batch_size
 
 
 def _count(mask: Array, axis_name: str | None) -> Array:
@@ -158,7 +192,7 @@ def entropy(logits: Array) -> Array:
   return -jnp.sum(jnp.exp(log_sigma) * log_sigma, axis=-1)
 
 
-def gradient_descent_loss(
+def regularized_loss(
     logits: Array,
     image: Array,
     labels: Array,
@@ -173,13 +207,28 @@ def gradient_descent_loss(
     scale_factor: float = 1.0,
     lattice_capacity: int | None = None,
 ) -> Array:
-  """Regularised loss of paper eq. 4, optimised directly by the network.
+  """The regularised loss of paper eq. 4, optimised directly by the network.
 
-  ``pCE + η · mean_{i unlabeled} H(σ_i) + λ · Σ_{ij} w_ij P(σ_i, σ_j) / #pairs``,
-  with H the Shannon entropy and ``#pairs`` the number of valid grid pairs;
-  for ``dense``, the ordered pairs ``i ≠ j`` of valid pixels of each image
-  (``Σ_b V_b (V_b - 1)``, V_b its valid pixels), the sum by permutohedral
-  filtering (:mod:`potts_jax.bilateral`, ``bl`` and ``q`` only).
+  ``pCE + (η Σ_{i∈U} H(σ_i) + λ Σ_{ij} w_ij P(σ_i, σ_j)) / |U|``: the partial
+  cross-entropy (mean over the scribbled pixels, as
+  :func:`partial_cross_entropy`) plus the solver's objective at ``y = σ``
+  divided by ``|U|``, the number of valid unlabeled pixels (label 255) of the
+  global batch. H is the Shannon entropy, so the η term is the mean entropy
+  over U (the η term of :func:`self_labeling_loss` at ``y = σ`` with ``ce``).
+  The Potts term is the sum over the pairs of the neighbourhood exactly as
+  the solver's (:func:`potts_jax.solver.energy`): for ``nn4`` / ``nn8`` the
+  grid pairs of valid pixels (:func:`potts_jax.neighborhoods.grid_energy`);
+  for ``dense``, :func:`potts_jax.bilateral.dense_energy` (its pair
+  convention; ``bl`` and ``q`` only). Hence, for the same ``λ``, σ and
+  batch::
+
+    λ Σ_{ij} w_ij P(σ_i, σ_j) / |U|  =  Σ_b potts_b(σ) / |U|
+
+  with ``potts_b`` the Potts term of ``solver.energy`` of image b (its
+  ``λ Σ w P`` part), and, for ``cross_entropy="ce"``, the loss is
+  ``pCE + Σ_b solver.energy(σ, logits)_b / |U|``. The constant factor between
+  this loss's Potts part and the solver's Potts term is ``1 / |U|`` (``|U|``
+  taken as at least 1).
 
   Args:
     logits: ``[B, H, W, K]`` network logits.
@@ -187,8 +236,9 @@ def gradient_descent_loss(
     labels: ``[B, H, W]`` int.
     relaxation: Potts relaxation name.
     neighborhood: ``nn4``, ``nn8`` or ``dense``.
-    eta, lam, sigma_rgb: weights and colour bandwidth.
-    axis_name: see :func:`partial_cross_entropy` (pairs counted globally too).
+    eta, lam, sigma_rgb: weights and colour bandwidth, as the solver's.
+    axis_name: see :func:`partial_cross_entropy` (``|U|`` counted globally
+      too, so the loss is that of the global batch).
     sigma_xy: spatial bandwidth of ``dense`` in pixels.
     scale_factor: static downscaling of ``dense``
       (:func:`potts_jax.bilateral.prepare`).
@@ -208,21 +258,16 @@ def gradient_descent_loss(
       bilateral.check_num_points(graph.lattice.num_points, lattice_capacity,
                                  graph.mask[0].size)
     potts_sum = jnp.sum(bilateral.dense_energy(sigma, graph, relaxation))
-    valid = jnp.sum(label_codes.valid(labels).astype(jnp.float32), (1, 2))
-    num_pairs = jnp.sum(valid * (valid - 1.0))
-    if axis_name is not None:
-      num_pairs = jax.lax.psum(num_pairs, axis_name)
   else:
     weights = neighborhoods.affinities(
         image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
     )
     potts_sum = jnp.sum(neighborhoods.grid_energy(
         sigma, weights, potts.relaxation(relaxation)))
-    num_pairs = _count(neighborhoods.pair_mask(labels, neighborhood),
-                       axis_name)
+  unlabeled = label_codes.unlabeled(labels)
+  num_unlabeled = jnp.maximum(_count(unlabeled, axis_name), 1.0)
   return (
       partial_cross_entropy(logits, labels, axis_name=axis_name)
-      + eta * _masked_mean(entropy(logits), label_codes.unlabeled(labels),
-                           axis_name)
-      + lam * potts_sum / jnp.maximum(num_pairs, 1.0)
+      + (eta * jnp.sum(entropy(logits) * unlabeled.astype(logits.dtype))
+         + lam * potts_sum) / num_unlabeled
   )

@@ -12,6 +12,20 @@ Weights are stored per pixel and offset, ``[B, H, W, D]`` (``D`` = 2 or 4):
 and is zero where that pair does not exist (partner outside the image, or
 either pixel is padding, label 254). No pair list is ever built: energies and
 gradients use shifted copies of whole arrays (:func:`shift`), which XLA fuses.
+
+**Pair convention (every neighbourhood, grid and dense).** The Potts term is
+a sum over unordered pairs, each counted once::
+
+    λ Σ_{{i,j}∈N} w_ij P(y_i, y_j)
+
+so on ``nn4`` a pixel takes part in up to 4 pairs (its right, lower, left
+and upper neighbours; the last two are the pairs of the pixels to its left
+and above) and its Potts gradient is ``λ Σ_{j∈N(i)} w_ij ∂P/∂y_i`` over
+those 4 neighbours. The dense neighbourhood (:mod:`potts_jax.bilateral`)
+follows the same convention: ``Σ_{i<j}``, half of the sum over ordered
+pairs ``i ≠ j``. λ therefore means the same on ``nn4``, ``nn8`` and
+``dense``. The configs read the paper's λ = 6 (4-NN) in this convention
+(the paper's ``Σ_{ij∈N}`` does not say whether a pair counts once or twice).
 """
 
 from __future__ import annotations
@@ -62,7 +76,7 @@ def check_name(name: str) -> str:
         "functions (affinities, pair_mask, grid_energy, quadratic.solve_exact) "
         "take 'nn4' or 'nn8'; dense Potts energies are in "
         "potts_jax/bilateral.py (solver.solve, solver.energy and "
-        "losses.gradient_descent_loss accept neighborhood='dense')"
+        "losses.regularized_loss accept neighborhood='dense')"
     )
   check_neighborhood(name)
   return name

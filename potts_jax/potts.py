@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -133,9 +134,40 @@ def collision_divergence(p: Array, q: Array) -> Array:
   return _from_stats(cd_stats, p, q)
 
 
+def _lq_argument(p: Array, q: Array) -> Array:
+  """``1 - ½‖p - q‖²`` ``[...]`` for ``p, q`` ``[..., K]`` on the simplex,
+  without cancellation.
+
+  Near orthogonal vertices the argument is tiny (``≈ 2ε``) while ``a``,
+  ``b`` and ``½(a + b)`` are ≈ 1, so ``1 - ½(a + b) + s`` loses every digit
+  to float32 rounding. On the simplex (``Σp = Σq = 1``) it equals
+
+    ``s + ½ Σ_k p_k (1 - p_k) + ½ Σ_k q_k (1 - q_k)``,
+
+  a sum of nonnegative terms, each accurate to a few float32 roundoffs
+  (``1 - p_k`` is exact for ``p_k ≥ ½``): relative error ~1e-7 however
+  small the argument. The value is that sum; the gradient is the one of
+  ``1 - ½(a + b) + s`` (``∂/∂p = q - p``), so that derivatives off the
+  simplex (tangent directions or not) are those of the formula.
+  """
+  s = jnp.sum(p * q, axis=-1)
+  exact = s + 0.5 * (jnp.sum(p * (1.0 - p), axis=-1)
+                     + jnp.sum(q * (1.0 - q), axis=-1))
+  formula = 1.0 - 0.5 * (jnp.sum(p * p, axis=-1) + jnp.sum(q * q, axis=-1)) + s
+  # The value of `exact`, the derivatives of `formula` (the bracket is 0).
+  return jax.lax.stop_gradient(exact) + (
+      formula - jax.lax.stop_gradient(formula))
+
+
 def log_quadratic(p: Array, q: Array) -> Array:
-  """Log-quadratic ``-ln(1 - ½‖p - q‖²)``. ``[..., K] x [..., K] -> [...]``."""
-  return _from_stats(lq_stats, p, q)
+  """Log-quadratic ``-ln(1 - ½‖p - q‖²)``. ``[..., K] x [..., K] -> [...]``.
+
+  The argument is computed without cancellation (:func:`_lq_argument`), so
+  the value stays accurate near orthogonal vertices, where it is large.
+  (:func:`lq_stats`, the solver's ``(s, a, b)`` form, cannot: its ``a`` and
+  ``b`` are already rounded.)
+  """
+  return -safe_log(_lq_argument(p, q))
 
 
 _BY_NAME = {

@@ -27,9 +27,12 @@ How it is computed (same iterates as the textbook autodiff loop, measured in
   only) runs the textbook loop on the logits in XLA: the lattice is built
   once per call, and each step takes ``∂E/∂l`` by autodiff through the
   softmax, the reset and the unary term, with the dense Potts gradient from
-  one permutohedral filtering (its ``custom_vjp``). The dense sum runs over
-  ordered pairs ``i ≠ j`` (each unordered pair twice), so λ must be far
-  smaller than on a grid.
+  one permutohedral filtering (its ``custom_vjp``). Its sum runs over the
+  unordered pairs ``{i, j}``, ``i ≠ j``, each counted once, as on a grid
+  (:mod:`potts_jax.neighborhoods`), so λ has one meaning on every
+  neighbourhood; a pixel has far more (weighted) dense partners than grid
+  neighbours, so a dense λ is far smaller than a grid one (configs/voc.py
+  derives one).
 * On the CPU backend, plain descent on a grid runs as one native call
   (:mod:`potts_jax.cpu_solver`, ``native/grid_solver.cc``): the same
   formulas, one sweep over the rows of each image per step, images spread

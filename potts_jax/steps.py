@@ -15,7 +15,7 @@ Methods (paper Table 4), ``config.method``:
 
 * ``pce``: partial cross-entropy on the scribbles (stage 1);
 * ``gd``: the regularised loss of eq. 4 on the network output
-  (:func:`potts_jax.losses.gradient_descent_loss`);
+  (:func:`potts_jax.losses.regularized_loss`);
 * ``soft_sl``: the pseudo-labels ``y`` solved on this batch by
   :func:`potts_jax.solver.solve` from the (stop-gradient) network logits, then
   the self-labeling loss :func:`potts_jax.losses.self_labeling_loss`;
@@ -31,7 +31,10 @@ logits, the solver runs on them outside differentiation, and the loss's
 gradient w.r.t. the logits is pulled back through the network. Loss means are
 global-batch means (``axis_name``, see :mod:`potts_jax.losses`), so gradients
 are ``lax.psum``-ed and the step on N devices equals the step on one device
-with the same global batch.
+with the same global batch. ``config.loss_normalization`` scales the whole
+loss of every method (:func:`potts_jax.losses.normalization_scale`):
+``pixel_mean`` keeps those means, ``batch_mean`` (the paper's code lineage)
+divides them by the global batch size.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
 def dense_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The ``dense`` neighbourhood's options in ``config``, as keywords of
   :func:`potts_jax.solver.solve` and
-  :func:`potts_jax.losses.gradient_descent_loss`."""
+  :func:`potts_jax.losses.regularized_loss`."""
   capacity = config.get("dense_capacity", 0)
   if capacity is not None and (not isinstance(capacity, int) or capacity < 0):
     raise ValueError(f"config.dense_capacity must be an int >= 0 (0 = the "
@@ -160,7 +163,9 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
     config: ``method`` and the solver / loss options.
 
   Returns:
-    ``(new_state, metrics)``: metrics (``loss``, ``pce``, and for the
+    ``(new_state, metrics)``: metrics (``loss``, the loss optimised, in the
+    units of ``config.loss_normalization``; ``pce``, the partial
+    cross-entropy's pixel mean whatever the normalisation; and for the
     self-labeling methods ``energy``, the mean energy of ``y`` per image:
     the solver's ``E(y)`` for ``soft_sl``; for the hard methods the discrete
     energy ``η Σ -ln σ_i^{l_i} + λ Σ w_ij [l_i ≠ l_j]`` (H_CE + P_BL of the
@@ -172,6 +177,10 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
   image = batch["image"]
   labels = batch["mask"] if config.get("full_supervision") else batch["scribbles"]
   device = jax.lax.axis_index(AXIS)
+  # The global batch size: this device's images times the devices.
+  scale = losses.normalization_scale(
+      config.get("loss_normalization", "pixel_mean"),
+      image.shape[0] * jax.lax.axis_size(AXIS))
   key = jax.random.fold_in(jax.random.fold_in(
       jax.random.wrap_key_data(state["rng"]), state["step"]), device)
 
@@ -201,7 +210,7 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
           eta=config.eta, axis_name=AXIS)
   elif config.method == "gd":
     def loss_fn(logits):
-      return losses.gradient_descent_loss(
+      return losses.regularized_loss(
           logits, image, labels, relaxation=config.relaxation,
           neighborhood=config.neighborhood, eta=config.eta, lam=config.lam,
           sigma_rgb=config.sigma_rgb, axis_name=AXIS,
@@ -211,14 +220,21 @@ def train_step(state: dict[str, Any], batch: dict[str, jax.Array], *,
     def loss_fn(logits):
       return losses.partial_cross_entropy(logits, labels, axis_name=AXIS)
 
+  if scale != 1.0:  # batch_mean: every term of the loss, divided by B.
+    unscaled_fn = loss_fn
+    loss_fn = lambda logits: scale * unscaled_fn(logits)
   loss, dlogits = jax.value_and_grad(loss_fn)(logits)
   (grads,) = pull_back(dlogits)
   grads = jax.lax.psum(grads, AXIS)
   updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
   metrics["loss"] = jax.lax.psum(loss, AXIS)
-  metrics["pce"] = metrics["loss"] if config.method == "pce" else jax.lax.psum(
-      losses.partial_cross_entropy(logits, labels, axis_name=AXIS), AXIS)
+  if config.method == "pce":
+    metrics["pce"] = metrics["loss"] if scale == 1.0 else (
+        metrics["loss"] / scale)
+  else:
+    metrics["pce"] = jax.lax.psum(
+        losses.partial_cross_entropy(logits, labels, axis_name=AXIS), AXIS)
   new_state = dict(state, params=params, batch_stats=batch_stats,
                    opt_state=opt_state, step=state["step"] + 1)
   return new_state, metrics

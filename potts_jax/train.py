@@ -17,7 +17,13 @@ partial CE, stage 2 self-labeling from the stage-1 checkpoint). A stage:
    every ``log_every`` steps, images every ``image_every``, saving every
    ``checkpoint_every`` and on SIGTERM (then it returns), evaluating every
    ``eval_every``;
-4. evaluates on the whole eval split and writes ``workdir/metrics.json``.
+4. evaluates on the whole eval split by ``config.eval_protocol``
+   (:func:`eval_dataset`: ``full``, ``center_crop`` or ``padded``; every
+   number is logged with :func:`protocol`, which names it) and writes
+   ``workdir/metrics.json``; with ``eval_every``, each evaluation is also
+   appended to ``workdir/evaluations.jsonl`` and the record holds the final
+   (``miou``, ``final_miou``) and the best (``best_miou``, ``best_step``)
+   val mIoU (:func:`with_best`).
 
 A stage whose workdir holds a ``metrics.json`` of its final step is not
 re-run (so a two-stage run, or a sweep, resumes where it stopped).
@@ -26,6 +32,7 @@ re-run (so a two-stage run, or a sweep, resumes where it stopped).
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Any
 
@@ -108,27 +115,197 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation,
   return steps.ModelDef(graphdef, rngs), state
 
 
+#: ``config.eval_protocol`` values (:func:`eval_dataset`, :func:`protocol`).
+EVAL_PROTOCOLS = ("full", "center_crop", "padded")
+
+
+def eval_dataset(source: Any, config: ml_collections.ConfigDict, *,
+                 batch_size: int, cache: dict[str, Any] | None = None,
+                 process_index: int | None = None,
+                 process_count: int | None = None) -> Any:
+  """The host-local eval batches of ``config.eval_protocol``.
+
+  * ``full``: every image at its own size, unpadded, batched only with images
+    of the same shape (:func:`potts_jax.data.pipeline.full_image_batches`):
+    each prediction equals the network's on the image alone; one compilation
+    per distinct shape.
+  * ``center_crop``: rloss's ``FixScaleCrop(config.eval_crop_size)``: short
+    side resized to the crop size, the centre square scored
+    (:func:`potts_jax.data.pipeline.center_crop_batches`).
+  * ``padded``: images padded at the bottom and right with zeros to
+    ``config.eval_pad_to`` (or to the largest of each batch), labels ignored
+    there; the padding enters the network
+    (:func:`potts_jax.data.pipeline.eval_batches`).
+
+  Args:
+    source: the eval source.
+    config: the run's config (``eval_protocol``, ``eval_crop_size``,
+      ``eval_pad_to``).
+    batch_size: examples per host-local batch.
+    cache: a dict kept between evaluations of the same source (``full``
+      stores the example shapes there, so that they are read once).
+    process_index: this host; ``jax.process_index()`` by default.
+    process_count: the number of hosts; ``jax.process_count()`` by default.
+
+  Returns:
+    An iterator of batches (see :func:`potts_jax.data.pipeline.eval_batches`).
+
+  Raises:
+    ValueError: an unknown ``eval_protocol``.
+  """
+  name = config.get("eval_protocol", "padded")
+  hosts = dict(process_index=process_index, process_count=process_count)
+  if name == "full":
+    cache = {} if cache is None else cache
+    if "shapes" not in cache:
+      cache["shapes"] = pipeline.example_shapes(source)
+    return pipeline.full_image_batches(source, batch_size=batch_size,
+                                       shapes=cache["shapes"], **hosts)
+  if name == "center_crop":
+    return pipeline.center_crop_batches(
+        source, batch_size=batch_size, crop_size=config.eval_crop_size,
+        **hosts)
+  if name == "padded":
+    pad_to = tuple(config.eval_pad_to) if config.get("eval_pad_to") else None
+    return pipeline.eval_batches(source, batch_size=batch_size, pad_to=pad_to,
+                                 **hosts)
+  raise ValueError(f"eval_protocol {name!r}; expected one of "
+                   f"{EVAL_PROTOCOLS}")
+
+
 def evaluate(par: parallel.DataParallel, eval_fn: Any, state: Any,
-             source: Any, config: ml_collections.ConfigDict, num_classes: int
-             ) -> np.ndarray:
-  """The confusion matrix ``[K, K]`` of the whole eval split (every host)."""
+             source: Any, config: ml_collections.ConfigDict, num_classes: int,
+             cache: dict[str, Any] | None = None) -> np.ndarray:
+  """The confusion matrix ``[K, K]`` of the whole eval split (every host).
+
+  ``cache``: see :func:`eval_dataset`.
+  """
   per_host = config.eval_batch_size // jax.process_count()
   confusion = metrics.ConfusionMatrix(num_classes)
-  pad_to = tuple(config.eval_pad_to) if config.get("eval_pad_to") else None
-  for batch in pipeline.eval_batches(source, batch_size=per_host,
-                                     pad_to=pad_to):
+  for batch in eval_dataset(source, config, batch_size=per_host, cache=cache):
     cm = par.unreplicate(eval_fn(state, par.put_batch(batch)))
     confusion.update(np.asarray(cm))
   return confusion.matrix
 
 
+def predictions(graphdef: Any, state: Any, source: Any,
+                config: ml_collections.ConfigDict, *,
+                batch_size: int | None = None) -> Any:
+  """Per-image class probabilities of the eval path, on one device.
+
+  The batches of :func:`eval_dataset` through :func:`potts_jax.steps.predict`
+  (``config.eval_scales``, ``config.eval_flip``), each example's map cut
+  back to its size before padding.
+
+  Args:
+    graphdef: the model's :class:`potts_jax.steps.ModelDef`.
+    state: a host (unreplicated) train state.
+    source: the eval source.
+    config: the run's config.
+    batch_size: examples per batch; ``config.eval_batch_size`` by default.
+
+  Yields:
+    ``(name, probs [h, w, K] float32, mask [h, w] int32)`` per example, in the
+    protocol's order (``full``: grouped by shape).
+  """
+  fn = jax.jit(functools.partial(
+      steps.predict, graphdef=graphdef, scales=tuple(config.eval_scales),
+      flip=config.eval_flip))
+  for batch in eval_dataset(source, config,
+                            batch_size=batch_size or config.eval_batch_size,
+                            process_index=0, process_count=1):
+    probs = np.asarray(fn(state, jnp.asarray(batch["image"])))
+    for b in np.flatnonzero(batch["valid"]):
+      h, w = batch["size"][b]
+      yield batch["name"][b], probs[b, :h, :w], batch["mask"][b, :h, :w]
+
+
 def protocol(config: ml_collections.ConfigDict, description: str) -> str:
-  """The evaluation protocol, logged next to every number."""
+  """The evaluation protocol, logged next to every number.
+
+  Names the eval protocol (:func:`eval_dataset`) precisely: what the network
+  sees of each image and what is scored.
+  """
   scales = tuple(config.eval_scales)
-  return (f"{config.eval_split} of {description}; full image, "
-          f"{'single scale' if scales == (1.0,) else f'scales {scales}'}"
-          f"{', flip' if config.eval_flip else ''}; 255 ignored; mIoU over "
+  name = config.get("eval_protocol", "padded")
+  batch = config.eval_batch_size
+  if name == "full":
+    view = ("full image, {scales} (each image at its own size, unpadded, "
+            "batched only with images of its size)")
+  elif name == "center_crop":
+    crop = config.eval_crop_size
+    view = (f"rloss centre crop, {{scales}} (FixScaleCrop {crop}: short side "
+            f"resized to {crop}, image bilinear, labels nearest; the centre "
+            f"{crop}x{crop} square scored at that resolution)")
+  elif name == "padded":
+    if config.get("eval_pad_to"):
+      h, w = config.eval_pad_to
+      where = f"the top left of a {h}x{w} zero canvas"
+    else:
+      where = (f"the top left of a zero canvas the size of the largest image "
+               f"of its batch of {batch}, in source order")
+    view = (f"padded, {{scales}} (each image at {where}, labels ignored "
+            "outside it; the padding enters the network: ASPP image pooling, "
+            "border convolutions)")
+  else:
+    raise ValueError(f"eval_protocol {name!r}; expected one of "
+                     f"{EVAL_PROTOCOLS}")
+  scale_text = ("single scale" if scales == (1.0,) else f"scales {scales}"
+                ) + (", flip" if config.eval_flip else "")
+  return (f"{config.eval_split} of {description}; "
+          f"{view.format(scales=scale_text)}; 255 ignored; mIoU over "
           "classes present in GT or prediction")
+
+
+#: Per-stage log of the evaluations of ``eval_every`` (one JSON a line).
+EVALUATIONS = "evaluations.jsonl"
+
+
+def _evaluation(record: dict[str, Any]) -> dict[str, Any]:
+  """``{step, miou, pixel_accuracy}`` of a record, JSON-ready (NaN: None)."""
+  number = lambda x: None if x is None or not np.isfinite(x) else float(x)
+  return {"step": int(record["step"]), "miou": number(record["miou"]),
+          "pixel_accuracy": number(record["pixel_accuracy"])}
+
+
+def read_evaluations(path: str) -> list[dict[str, Any]]:
+  """The entries of an :data:`EVALUATIONS` file (``[]`` when absent)."""
+  if not os.path.isfile(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def with_best(record: dict[str, Any], history: list[dict[str, Any]]
+              ) -> dict[str, Any]:
+  """The final ``record`` with the best of the run's evaluations added.
+
+  ``miou`` stays the final mIoU (also as ``final_miou``); ``best_miou``,
+  ``best_step`` and ``best_pixel_accuracy`` are those of the evaluation with
+  the highest mIoU (the earliest on ties), which is chosen on the eval split
+  itself, as rloss reports it: an optimistic number. ``evaluations`` lists
+  ``{step, miou, pixel_accuracy}`` by step; a step evaluated twice (a run
+  resumed from an earlier checkpoint) counts once, its latest entry.
+
+  Args:
+    record: the final evaluation's record (``step``, ``miou``,
+      ``pixel_accuracy``, ...).
+    history: the entries of every evaluation of the stage, the final one
+      included (:func:`read_evaluations` plus this process's).
+
+  Returns:
+    A new record.
+  """
+  by_step = {int(e["step"]): e for e in history}
+  by_step[int(record["step"])] = _evaluation(record)
+  evaluations = [by_step[k] for k in sorted(by_step)]
+  # An mIoU of None (NaN) never wins; max keeps the first maximum.
+  best = max(evaluations,
+             key=lambda e: -1.0 if e["miou"] is None else e["miou"])
+  return dict(record, final_miou=record["miou"], best_miou=best["miou"],
+              best_step=best["step"],
+              best_pixel_accuracy=best["pixel_accuracy"],
+              evaluations=evaluations)
 
 
 def _examples(graphdef, state, batch, config, count=1) -> list[dict]:
@@ -325,8 +502,13 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
   logging.info("stage %s: %s from step %d to %d", config.get("name", ""),
                config.method, step, config.total_steps)
 
+  eval_cache = {}  # The eval protocol's per-source data (full: shapes).
+  history_path = os.path.join(workdir, EVALUATIONS)
+  history = read_evaluations(history_path) if config.eval_every else []
+
   def run_eval():
-    cm = evaluate(par, eval_fn, state, data.eval, config, data.num_classes)
+    cm = evaluate(par, eval_fn, state, data.eval, config, data.num_classes,
+                  cache=eval_cache)
     record = dict(step=step, **metrics.summarize(cm, data.classes),
                   protocol=the_protocol, method=config.method)
     writer.write_scalars(step, {"eval/miou": record["miou"],
@@ -334,6 +516,12 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
                                     record["pixel_accuracy"]})
     logging.info("step %d: mIoU %.4f, pixel accuracy %.4f (%s)", step,
                  record["miou"], record["pixel_accuracy"], the_protocol)
+    if config.eval_every:
+      entry = _evaluation(record)
+      history.append(entry)
+      if jax.process_index() == 0:
+        with open(history_path, "a") as f:
+          f.write(json.dumps(entry) + "\n")
     return record
 
   while step < config.total_steps:
@@ -361,6 +549,15 @@ def _loop(config, workdir, data, par, graphdef, tx, state, step, train_iter,
         step < config.total_steps):
       run_eval()
   record = run_eval()
+  if config.eval_every:
+    record = with_best(record, history)
+    logging.info(
+        "final %s mIoU %.4f (step %d); best %s mIoU %.4f (step %d), the best "
+        "of %d evaluations every %d steps, chosen on the %s split itself "
+        "(optimistic) (%s)", config.eval_split, record["final_miou"],
+        record["step"], config.eval_split, record["best_miou"],
+        record["best_step"], len(record["evaluations"]), config.eval_every,
+        config.eval_split, the_protocol)
   if jax.process_index() == 0:
     if config.get("figure"):
       write_figure(os.path.join(workdir, "figure.png"), graphdef,

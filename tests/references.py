@@ -257,22 +257,23 @@ def self_labeling_loss(logits, y, labels, name, eta):
   return partial_cross_entropy(logits, labels) + eta * unlabeled_mean(h, labels)
 
 
-def gradient_descent_loss(
+def regularized_loss(
     logits, image, labels, name, neighborhood, eta, lam, sigma_rgb
 ):
-  """The gradient-descent loss (paper eq. 4) with relaxation ``name``.
+  """The regularised loss (paper eq. 4) with relaxation ``name``.
 
-  Partial cross-entropy + η · mean entropy over the 255 pixels + λ · the mean
-  over the grid pairs of w_ij P(σ_i, σ_j).
+  Partial cross-entropy + (η · Σ entropy over the 255 pixels + λ · Σ over the
+  grid pairs of w_ij P(σ_i, σ_j)) / the number of 255 pixels.
   """
   sigma = softmax(logits)
   entropy = -np.sum(sigma * log_softmax(logits), axis=-1)
   pairs = grid_pairs(image, labels, neighborhood, sigma_rgb)
   potts_sum = float(np.sum(pair_energy(sigma, pairs, name)))
+  num_unlabeled = max(int(np.sum(labels == UNLABELED)), 1)
   return (
       partial_cross_entropy(logits, labels)
       + eta * unlabeled_mean(entropy, labels)
-      + lam * potts_sum / max(len(pairs), 1)
+      + lam * potts_sum / num_unlabeled
   )
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from potts_jax import bilateral
 from potts_jax import lattice as lattice_lib
+from potts_jax import solver
 from potts_jax.data import folder
 from potts_jax.data import synthetic
 
@@ -48,16 +49,17 @@ def exact_weights(image, sigma_xy, sigma_rgb, valid=None):
 
 
 def exact_energy(y, weights, relaxation):
-  """Σ_{i≠j} w_ij P(y_i, y_j) and its gradient, float64 numpy."""
+  """Σ_{i<j} w_ij P(y_i, y_j) (each unordered pair once) and its gradient,
+  float64 numpy."""
   y = y.reshape(-1, y.shape[-1]).astype(np.float64)
   s = y @ y.T
   a = (y * y).sum(-1)
   if relaxation == "bl":
-    pair, grad = 1.0 - s, -2.0 * weights @ y
+    pair, grad = 1.0 - s, -weights @ y
   else:
     pair = 0.5 * (a[:, None] + a[None]) - s
-    grad = 2.0 * (weights.sum(1)[:, None] * y - weights @ y)
-  return float((weights * pair).sum()), grad
+    grad = weights.sum(1)[:, None] * y - weights @ y
+  return float(np.triu(weights * pair, 1).sum()), grad
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +110,57 @@ def test_energy_and_gradient_match_brute_force_on_real_photos(
   errors = np.abs(errors)
   assert errors.max() < bound, errors
   assert errors.mean() < bound / 2, errors
+
+
+@pytest.mark.parametrize("relaxation", ["q", "bl"])
+def test_grid_and_dense_count_pairs_the_same_way(relaxation):
+  """One pair convention for λ: each unordered pair once, grid and dense.
+
+  The dense brute force (the reference of every dense test) restricted to
+  the 4-NN pairs equals the solver's ``nn4`` Potts term with the same
+  weights (the dense weights of a 4-NN pair are the grid's times
+  ``exp(-1/(2σ_xy²))``); and on images of two pixels, whose only pair is a
+  4-NN pair, the lattice's dense energy is that grid energy (within its
+  few-% approximation; counting ordered pairs would double it).
+  """
+  rng = np.random.default_rng(0)
+  h, w, k, sigma_xy = 5, 6, 3, 2.0
+  image = rng.uniform(0.0, 255.0, (h, w, 3)).astype(np.float32)
+  y = np.asarray(jax.nn.softmax(rng.normal(size=(h, w, k)) * 2.0), np.float32)
+  rows, cols = np.divmod(np.arange(h * w), w)
+  nn4 = (np.abs(rows[:, None] - rows[None])
+         + np.abs(cols[:, None] - cols[None])) == 1
+  dense = exact_weights(image, sigma_xy, SIGMA_RGB) * nn4
+  spatial = np.exp(-0.5 / sigma_xy ** 2)
+
+  def grid(image, y):
+    h, w, _ = image.shape
+    return float(solver.energy(
+        y[None], np.zeros_like(y)[None], image[None],
+        np.full((1, h, w), 255, np.int32), relaxation=relaxation,
+        cross_entropy="ce", neighborhood="nn4", eta=0.0, lam=1.0,
+        sigma_rgb=SIGMA_RGB)[0])
+
+  e_dense, _ = exact_energy(y, dense, relaxation)
+  np.testing.assert_allclose(e_dense, spatial * grid(image, y), rtol=1e-5)
+  # The pair sum of the brute force is once per unordered pair.
+  pair = {"q": lambda p, q: 0.5 * np.sum((p - q) ** 2),
+          "bl": lambda p, q: 1.0 - p @ q}[relaxation]
+  flat = y.reshape(-1, k).astype(np.float64)
+  loop = sum(dense[i, j] * pair(flat[i], flat[j])
+             for i in range(h * w) for j in range(i + 1, h * w))
+  np.testing.assert_allclose(e_dense, loop, rtol=1e-10)
+
+  for shape, colours in (((1, 2), [[120, 80, 40], [126, 84, 37]]),
+                         ((2, 1), [[30, 200, 90], [34, 196, 94]])):
+    two = np.asarray(colours, np.float32).reshape(shape + (3,))
+    y_two = np.asarray([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]],
+                       np.float32).reshape(shape + (k,))
+    graph = bilateral.prepare(two[None], np.full((1,) + shape, 255),
+                              sigma_xy=5.0, sigma_rgb=SIGMA_RGB)
+    e = float(bilateral.dense_energy(y_two[None], graph, relaxation)[0])
+    want = np.exp(-0.5 / 25.0) * grid(two, y_two)
+    assert abs(e / want - 1.0) < 0.1, (shape, e, want)
 
 
 def test_affinity_matches_exact_sums(crops):

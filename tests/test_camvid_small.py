@@ -116,6 +116,13 @@ def test_commands_start_from_stage1_with_the_selection(tmp_path, monkeypatch):
   assert {"--config.eta=0.3", "--config.lam=12.0",
           "--config.sigma_rgb=5.0"} <= set(cmd)
   assert not any("init_from" in a for a in sweep.command(args, 1, "full"))
+  # The dense run keeps its committed problem: λ 12 on ordered pairs, i.e.
+  # 24 on the unordered pairs that dense energies count now.
+  dense = sweep.command(args, 2, "soft_cce_q_dense_lr10x")
+  assert "--config.lam=24.0" in dense and "--config.lam=12.0" not in dense
+  assert sweep.DENSE_LAM_FACTOR == camvid_small.DENSE_LAM_FACTOR == 2.0
+  assert camvid_small.get_config("neighborhood=dense").lam == 24.0
+  assert camvid_small.get_config("").lam == 12.0
 
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):

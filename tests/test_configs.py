@@ -44,7 +44,8 @@ BLOCK_VARIANTS = LOSS_VARIANTS + [
 CAMVID_VARIANTS = LOSS_VARIANTS + [
     "stage=both", "stage=1", "stage=2", "eval=val", "eval=test"]
 CASES = ([(voc, v) for v in [""] + VOC_VARIANTS]
-         + [(voc_r101, v) for v in ["", "runlocal", "stage=1", "batch=16"]]
+         + [(voc_r101, v) for v in ["", "runlocal", "stage=1", "batch=16",
+                                    "stage=single"]]
          + [(cityscapes, v) for v in [""] + BLOCK_VARIANTS]
          + [(ade20k, v) for v in [""] + BLOCK_VARIANTS]
          + [(camvid, v) for v in [""] + CAMVID_VARIANTS])
@@ -166,6 +167,11 @@ def test_voc_variants():
   assert (two.stages, two.method, two.lr, two.relaxation) == (
       (), "hard_sl", 0.0007, "q")
   assert voc.get_config("method=gd").stages[1]["method"] == "gd"
+  # Table 5's "no pretrain": soft SL from ImageNet at the stage-1 lr.
+  single = voc_r101.get_config("stage=single")
+  assert (single.stages, single.method, single.lr) == ((), "soft_sl", 0.007)
+  assert single.model.pretrained_dir == "weights/resnet101"
+  assert not single.get("init_from")
   assert voc.get_config("length=0.5").dataset_config == "xml_len0.5"
   assert voc.get_config("length=0").dataset_config == "xml_len0"
   with pytest.raises(ValueError, match="length"):
@@ -300,3 +306,36 @@ def test_sweep_run_skips_finished_and_stops_on_failure(tmp_path, capsys,
   monkeypatch.setattr(sweep.subprocess, "call",
                       lambda cmd: calls.append(cmd) or 3)
   assert sweep.main(args) == 3 and len(calls) == 1
+
+
+def test_eval_protocols_are_set_explicitly():
+  from configs import camvid_small  # pylint: disable=g-import-not-at-top
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from potts_jax import train  # pylint: disable=g-import-not-at-top
+  for module in (voc, voc_r101):
+    c = module.get_config("")
+    assert (c.eval_protocol, c.eval_crop_size, tuple(c.eval_pad_to)) == (
+        "full", 513, (512, 512))
+  # Their frames all have one size: full pads nothing, as before.
+  assert camvid_small.get_config("").eval_protocol == "full"
+  assert demo.get_config("").eval_protocol == "full"
+  assert common.get_config().eval_protocol in train.EVAL_PROTOCOLS
+
+
+def test_voc_dense_is_the_papers_dn_self_labeling_loss():
+  """neighborhood=dense: H_CCE + P_Q, σ_xy 100, σ_rgb 9, λ 6e-3 (the 4-NN
+  λ 6 per unit of a pixel's affinity; voc.set_dense), runnable as is."""
+  from potts_jax import solver_checks  # pylint: disable=g-import-not-at-top
+  for variant in ("neighborhood=dense", "neighborhood=dense,relaxation=q",
+                  "neighborhood=dense,stage=2,method=hard_sl"):
+    c = voc.get_config(variant)
+    assert (c.relaxation, c.cross_entropy, c.sigma_xy, c.sigma_rgb) == (
+        "q", "cce", 100.0, 9.0), variant
+    assert (c.lam, c.eta, c.dense_scale_factor) == (6e-3, 0.3, 0.5), variant
+    solver_checks.check_options(c.relaxation, c.cross_entropy,
+                                c.neighborhood, c.solver_steps, "auto")
+  assert voc.get_config("neighborhood=dense,relaxation=bl").relaxation == "bl"
+  assert voc.DENSE_LAM == 6e-3
+  # The grid recipe is untouched.
+  c = voc.get_config("")
+  assert (c.relaxation, c.lam, c.dense_scale_factor) == ("cd", 6.0, 1.0)

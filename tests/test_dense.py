@@ -37,7 +37,7 @@ def grabcut(shared_data):
 
 
 def _brute_force(logits, image, labels, num_steps, step_size):
-  """Textbook loop with E = η Σ H_CCE + λ Σ_{i≠j} w_ij P_Q, dense matrix."""
+  """Textbook loop with E = η Σ H_CCE + λ Σ_{i<j} w_ij P_Q, dense matrix."""
   b, h, w, k = logits.shape
   weights = jnp.asarray(np.stack([
       exact_weights(image[i], SIGMA_XY, SIGMA_RGB, labels[i] != 254)
@@ -53,8 +53,9 @@ def _brute_force(logits, image, labels, num_steps, step_size):
     sq = jnp.sum(flat * flat, -1)
     gram = jnp.einsum("bik,bjk->bij", flat, flat)
     pair = 0.5 * (sq[:, :, None] + sq[:, None, :]) - gram
+    # Each unordered pair once: half the symmetric sum over i ≠ j.
     return (ETA * jnp.sum(free * unary, (1, 2))
-            + LAM * jnp.sum(weights * pair, (1, 2)))
+            + LAM * 0.5 * jnp.sum(weights * pair, (1, 2)))
 
   to_y = lambda l: jnp.where(labeled, onehot, jax.nn.softmax(l))
   grad = jax.grad(lambda l: jnp.sum(energy(to_y(l))))
@@ -114,14 +115,14 @@ def test_dense_energy_matches_brute_force(grabcut, relaxation):
     sq = (flat * flat).sum(-1)
     pair = (1.0 - flat @ flat.T if relaxation == "bl"
             else 0.5 * (sq[:, None] + sq[None]) - flat @ flat.T)
-    pairs = np.sum(weights * pair)
+    pairs = np.sum(np.triu(weights * pair, 1))  # each pair {i, j} once
     unary = -np.sum((y[b] * np.log(sigma[b])).sum(-1) * (labels[b] == 255))
     assert abs((ours[b] - ETA * unary) / pairs - 1.0) < bound
 
 
-def test_gradient_descent_loss_dense_matches_brute_force(grabcut):
+def test_regularized_loss_dense_matches_brute_force(grabcut):
   logits, image, labels = grabcut
-  loss = lambda l: losses.gradient_descent_loss(
+  loss = lambda l: losses.regularized_loss(
       l, image, labels, relaxation="q", neighborhood="dense", eta=ETA,
       lam=100.0, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY)
   value, grad = jax.value_and_grad(loss)(jnp.asarray(logits))
@@ -130,14 +131,14 @@ def test_gradient_descent_loss_dense_matches_brute_force(grabcut):
   weights = jnp.asarray(np.stack([
       exact_weights(image[i], SIGMA_XY, SIGMA_RGB, labels[i] != 254)
       for i in range(b)]), jnp.float32)
-  valid = (labels != 254).reshape(b, -1).sum(-1).astype(np.float64)
 
   def reference(l):
     s = jax.nn.softmax(l).reshape(b, h * w, k)
     sq = jnp.sum(s * s, -1)
     pair = 0.5 * (sq[:, :, None] + sq[:, None, :]) - jnp.einsum(
         "bik,bjk->bij", s, s)
-    potts = jnp.sum(weights * pair) / np.sum(valid * (valid - 1))
+    # Each unordered pair once: half the symmetric sum over i ≠ j.
+    potts = 0.5 * jnp.sum(weights * pair) / np.sum(labels == 255)
     return (losses.partial_cross_entropy(l, labels)
             + ETA * jnp.sum(losses.entropy(l) * (labels == 255))
             / np.sum(labels == 255) + 100.0 * potts)
@@ -159,7 +160,7 @@ def test_dense_options_are_checked_and_values_do_not_retrace(grabcut):
       solver.energy(logits, logits, image, labels, neighborhood="dense",
                     relaxation=name)
     with pytest.raises(ValueError, match=f"'{name}'"):
-      losses.gradient_descent_loss(logits, image, labels, relaxation=name,
+      losses.regularized_loss(logits, image, labels, relaxation=name,
                                    neighborhood="dense")
   with pytest.raises(ValueError, match="overflow"):
     solver.solve(logits, image, labels, neighborhood="dense",
@@ -192,7 +193,7 @@ def test_lattice_capacity_in_the_gd_loss_and_its_overflow_inside_jit(grabcut):
   logits, image, labels = grabcut
   options = dict(relaxation="q", neighborhood="dense", sigma_xy=SIGMA_XY,
                  sigma_rgb=SIGMA_RGB)
-  loss = jax.jit(lambda l, capacity=None: losses.gradient_descent_loss(
+  loss = jax.jit(lambda l, capacity=None: losses.regularized_loss(
       l, image, labels, lattice_capacity=capacity, **options),
       static_argnums=1)
   capacity = bilateral.choose_capacity(image, labels, sigma_xy=SIGMA_XY,
@@ -202,7 +203,7 @@ def test_lattice_capacity_in_the_gd_loss_and_its_overflow_inside_jit(grabcut):
   np.testing.assert_allclose(float(loss(logits, capacity)),
                              float(loss(logits)), rtol=1e-6)
   with pytest.raises(ValueError, match="overflow"):
-    losses.gradient_descent_loss(logits, image, labels, lattice_capacity=4,
+    losses.regularized_loss(logits, image, labels, lattice_capacity=4,
                                  **options)
   # Inside jit the host check fails the computation, naming the config key.
   with pytest.raises(Exception, match="overflow.*config.dense_capacity"):

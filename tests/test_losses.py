@@ -71,11 +71,11 @@ def test_losses_with_unknown_names_raise():
   with pytest.raises(ValueError, match="'nope'"):
     losses.self_labeling_loss(logits, logits, labels, cross_entropy="nope")
   with pytest.raises(ValueError, match="'nope'"):
-    losses.gradient_descent_loss(
+    losses.regularized_loss(
         logits, jnp.zeros((1, 2, 2, 3)), labels, relaxation="nope"
     )
   with pytest.raises(ValueError, match="'nope'"):
-    losses.gradient_descent_loss(
+    losses.regularized_loss(
         logits, jnp.zeros((1, 2, 2, 3)), labels, neighborhood="nope"
     )
 
@@ -380,28 +380,28 @@ def _gd_inputs(seed=14):
 
 @pytest.mark.parametrize("neighborhood", ["nn4", "nn8"])
 @pytest.mark.parametrize("relaxation", RELAXATIONS)
-def test_gradient_descent_loss_matches_brute_force(relaxation, neighborhood):
+def test_regularized_loss_matches_brute_force(relaxation, neighborhood):
   logits, image, labels = _gd_inputs()
   kwargs = dict(eta=0.4, lam=2.5, sigma_rgb=7.0)
-  out = losses.gradient_descent_loss(
+  out = losses.regularized_loss(
       *map(jnp.asarray, (logits, image, labels)),
       relaxation=relaxation,
       neighborhood=neighborhood,
       **kwargs,
   )
   assert out.shape == ()
-  expected = references.gradient_descent_loss(
+  expected = references.regularized_loss(
       logits, image, labels, relaxation, neighborhood, **kwargs
   )
   _assert_close(out, expected)
 
 
-def test_gradient_descent_loss_defaults():
+def test_regularized_loss_defaults():
   logits, image, labels = _gd_inputs(15)
-  out = losses.gradient_descent_loss(
+  out = losses.regularized_loss(
       jnp.asarray(logits), jnp.asarray(image), jnp.asarray(labels)
   )
-  expected = references.gradient_descent_loss(
+  expected = references.regularized_loss(
       logits, image, labels, "cd", "nn4", eta=0.3, lam=6.0, sigma_rgb=9.0
   )
   _assert_close(out, expected)
@@ -410,13 +410,13 @@ def test_gradient_descent_loss_defaults():
 # The relaxations with the most guarded logs and roots (the others are covered
 # by the finite-difference tests of potts.py and the finiteness test below).
 @pytest.mark.parametrize("relaxation", ["nq", "cd", "lq"])
-def test_gradient_descent_loss_gradients(relaxation):
+def test_regularized_loss_gradients(relaxation):
   """d/dlogits vs central differences of the brute force; 0 on padding."""
   logits, image, labels = _gd_inputs(16)
   kwargs = dict(eta=0.4, lam=2.5, sigma_rgb=7.0)
 
   def loss(logits):
-    return losses.gradient_descent_loss(
+    return losses.regularized_loss(
         logits,
         jnp.asarray(image),
         jnp.asarray(labels),
@@ -431,10 +431,10 @@ def test_gradient_descent_loss_gradients(relaxation):
   direction = np.random.default_rng(17).standard_normal(logits.shape)
   h = 1e-5
   fd = (
-      references.gradient_descent_loss(
+      references.regularized_loss(
           logits + h * direction, image, labels, relaxation, "nn8", **kwargs
       )
-      - references.gradient_descent_loss(
+      - references.regularized_loss(
           logits - h * direction, image, labels, relaxation, "nn8", **kwargs
       )
   ) / (2 * h)
@@ -442,13 +442,13 @@ def test_gradient_descent_loss_gradients(relaxation):
 
 
 @pytest.mark.parametrize("neighborhood", ["nn4", "nn8"])
-def test_gradient_descent_loss_finite_at_saturated_logits(neighborhood):
+def test_regularized_loss_finite_at_saturated_logits(neighborhood):
   rng = np.random.default_rng(18)
   _, image, labels = _gd_inputs(18)
   # Neighbouring pixels with different argmax: orthogonal one-hot pairs.
   logits = references.saturated_logits(rng, labels.shape, 3)
   for relaxation in RELAXATIONS:
-    value, grad = jax.value_and_grad(losses.gradient_descent_loss)(
+    value, grad = jax.value_and_grad(losses.regularized_loss)(
         *map(jnp.asarray, (logits, image, labels)),
         relaxation=relaxation,
         neighborhood=neighborhood,

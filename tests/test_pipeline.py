@@ -4,6 +4,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from PIL import Image
 
 from potts_jax import labels
 from potts_jax.data import folder
@@ -236,6 +237,94 @@ def test_eval_batches_pad_and_flag(grabcut):
   assert not set(names[0]) & set(names[1])
   assert all(b["image"].shape == (2, 48, 48, 3) for h in hosts for b in h)
   assert not hosts[1][1]["valid"].any()
+
+
+def _sized_source(sizes, seed=0):
+  """Random examples of the given ``(h, w)`` sizes, named by their index."""
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.integers(0, 256, (h, w, 3), np.uint8),
+           "mask": rng.integers(0, 3, (h, w), np.uint8),
+           "scribbles": np.full((h, w), 255, np.uint8),
+           "name": str(i)} for i, (h, w) in enumerate(sizes)]
+
+
+SIZES = [(20, 30), (30, 20), (20, 30), (17, 17), (20, 30), (30, 20),
+         (20, 30)]
+
+
+def test_full_image_batches_group_by_shape_without_padding():
+  source = _sized_source(SIZES)
+  batches = list(pipeline.full_image_batches(source, batch_size=2,
+                                             process_index=0, process_count=1))
+  # (20, 30): 0, 2 | 4, 6; (30, 20): 1, 5; (17, 17): 3 + a padding example.
+  assert [list(b["name"]) for b in batches] == [
+      ["0", "2"], ["4", "6"], ["1", "5"], ["3", ""]]
+  for b in batches:
+    names = [n for n, v in zip(b["name"], b["valid"]) if v]
+    for i, n in enumerate(names):
+      e = source[int(n)]
+      assert b["image"].shape[1:3] == e["mask"].shape  # Nothing padded.
+      np.testing.assert_array_equal(b["image"][i], e["image"])
+      np.testing.assert_array_equal(b["mask"][i], e["mask"])
+      np.testing.assert_array_equal(b["size"][i], e["mask"].shape)
+  np.testing.assert_array_equal(batches[-1]["valid"], [True, False])
+  np.testing.assert_array_equal(batches[-1]["size"][1], [0, 0])
+  assert np.all(batches[-1]["mask"][1] == PAD)
+  # Shapes given: the same batches.
+  again = list(pipeline.full_image_batches(
+      source, batch_size=2, process_index=0, process_count=1,
+      shapes=[e["mask"].shape for e in source]))
+  assert [list(b["name"]) for b in again] == [list(b["name"]) for b in batches]
+  with pytest.raises(ValueError, match="not the"):
+    list(pipeline.full_image_batches(source, batch_size=2, process_index=0,
+                                     process_count=1, shapes=[(1, 1)] * 7))
+
+
+def test_full_image_batches_agree_across_hosts():
+  source = _sized_source(SIZES)
+  hosts = [list(pipeline.full_image_batches(source, batch_size=2,
+                                            process_index=p, process_count=2))
+           for p in (0, 1)]
+  # Same number of batches, same shapes, in the same order on every host.
+  assert [b["image"].shape for b in hosts[0]] == [
+      b["image"].shape for b in hosts[1]]
+  names = [[n for b in h for n, v in zip(b["name"], b["valid"]) if v]
+           for h in hosts]
+  assert sorted(names[0] + names[1], key=int) == [str(i) for i in range(7)]
+  assert not set(names[0]) & set(names[1])
+
+
+def _pil_resize(array, size, resample):
+  h, w = size
+  return np.asarray(Image.fromarray(array).resize((w, h), resample))
+
+
+@pytest.mark.parametrize("size, resized, corner", [
+    # (h, w) -> rloss's (oh, ow) = short side 32, long int(long * 32 / short);
+    # corner (y1, x1) = int(round((side - 32) / 2)), half to even.
+    ((37, 50), (32, 43), (0, 6)),    # round(5.5) = 6
+    ((40, 47), (32, 37), (0, 2)),    # round(2.5) = 2
+    ((50, 37), (43, 32), (6, 0)),
+    ((21, 33), (32, 50), (0, 9)),    # upscaled
+    ((64, 64), (32, 32), (0, 0)),    # downscaled
+])
+def test_fix_scale_crop_is_rlosss(size, resized, corner):
+  e = _sized_source([size])[0]
+  out = pipeline.fix_scale_crop(e, 32)
+  (y1, x1), (oh, ow) = corner, resized
+  want_image = _pil_resize(e["image"], (oh, ow), Image.BILINEAR)
+  want_mask = _pil_resize(e["mask"], (oh, ow), Image.NEAREST)
+  np.testing.assert_array_equal(out["image"],
+                                want_image[y1:y1 + 32, x1:x1 + 32])
+  np.testing.assert_array_equal(out["mask"], want_mask[y1:y1 + 32, x1:x1 + 32])
+  assert out["scribbles"].shape == (32, 32)
+  batches = list(pipeline.center_crop_batches(
+      _sized_source([size, (20, 30)]), batch_size=4, crop_size=32,
+      process_index=0, process_count=1))
+  assert len(batches) == 1 and batches[0]["image"].shape == (4, 32, 32, 3)
+  np.testing.assert_array_equal(batches[0]["size"],
+                                [[32, 32]] * 2 + [[0, 0]] * 2)
+  np.testing.assert_array_equal(batches[0]["image"][0], out["image"])
 
 
 def test_to_global_shards_the_batch_axis(grabcut):

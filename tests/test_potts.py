@@ -199,6 +199,63 @@ def test_near_vertices_match_reference(name):
       start = stop
 
 
+def _exact_simplex_points(rng, n, k, vertex, eps):
+  """``[n, k]`` float32 points near ``e_vertex`` that sum to 1 exactly.
+
+  The other entries are random multiples of a power of two ``step`` with
+  ``eps / step ≤ 2^24`` (exact in float32) adding up to a multiple of 2^-24,
+  so ``1 - Σ others`` is exact too: the float64 reference then sees a point
+  of the simplex, not a rounded one.
+  """
+  step = 2.0 ** (np.ceil(np.log2(eps)) - 24)
+  out = np.zeros((n, k))
+  others = [c for c in range(k) if c != vertex]
+  for row in out:
+    small = np.floor(rng.dirichlet(np.ones(k - 1)) * eps / step) * step
+    total = np.ceil(small.sum() / U32) * U32
+    small[-1] += total - small.sum()
+    row[others], row[vertex] = small, 1.0 - total
+  p = out.astype(np.float32)
+  assert np.array_equal(p.astype(np.float64), out)
+  assert np.all(out.sum(-1) == 1.0)
+  return p
+
+
+def test_lq_has_no_cancellation_near_vertices():
+  """lq's argument ``1 - ½‖p - q‖²`` is ≈ 2ε near orthogonal vertices.
+
+  On points of the simplex exactly representable in float32, lq matches the
+  float64 reference to 1.5e-6 (1 + |lq|) (absolute: the relative error of
+  the argument) for ε from 1e-7 to 1e-3, K = 2, 3, 21, orthogonal and equal
+  vertices; measured ≤ 1.0e-7 (1 + |lq|). The former evaluation
+  ``1 - ½(a + b) + s`` was off by up to 9.0e-6 (1 + |lq|) on these points
+  (the rounding of ``a + b ≈ 2`` against an argument of ≈ 4ε).
+  """
+  rng = np.random.default_rng(11)
+  for k in (2, 3, 21):
+    for eps in (1e-7, 1e-6, 1e-5, 1e-4, 1e-3):
+      p = _exact_simplex_points(rng, 16, k, 0, eps)
+      cases = {"orthogonal": _exact_simplex_points(rng, 16, k, 1, eps),
+               "equal": _exact_simplex_points(rng, 16, k, 0, eps / 3.0)}
+      for case, q in cases.items():
+        ref = -np.log(1.0 - 0.5 * np.sum(
+            (p.astype(np.float64) - q) ** 2, -1))
+        out = np.asarray(potts.log_quadratic(p, q), np.float64)
+        err = np.abs(out - ref)
+        assert np.all(err <= 1.5e-6 * (1.0 + np.abs(ref))), (
+            k, eps, case, err.max(), ref.max())
+        if case == "orthogonal":
+          assert ref.min() > -np.log(10.0 * eps)  # a tiny argument, ≈ 4ε.
+  # The gradient is the formula's: ∂/∂p = (p - q) / (1 - ½‖p - q‖²).
+  p = _exact_simplex_points(rng, 4, 3, 0, 1e-3)
+  q = _exact_simplex_points(rng, 4, 3, 1, 1e-3)
+  grad = np.asarray(jax.grad(lambda p: jnp.sum(potts.log_quadratic(p, q)))(
+      jnp.asarray(p)), np.float64)
+  p64, q64 = p.astype(np.float64), q.astype(np.float64)
+  arg = 1.0 - 0.5 * np.sum((p64 - q64) ** 2, -1, keepdims=True)
+  np.testing.assert_allclose(grad, (p64 - q64) / arg, rtol=1e-5)
+
+
 def _all_relaxations(p, q):
   """``[6, ...]``: the six relaxations stacked (one compilation for all)."""
   return jnp.stack([potts.relaxation(name)(p, q) for name in NAMES])

@@ -13,13 +13,19 @@ import re
 import signal
 import subprocess
 import sys
+import functools
 import threading
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from PIL import Image
 import pytest
 
 from potts_jax import checkpointing
+from potts_jax import parallel
+from potts_jax import steps
 from potts_jax import train
 from tests.conftest import REPO
 
@@ -201,3 +207,178 @@ def test_restore_model_names_a_mismatched_parameter(reference):
   model = train.build_model(c, num_classes=7)  # The demo has 3 classes.
   with pytest.raises(ValueError, match="classifier.*has shape"):
     checkpointing.restore_model(workdir / "stage1", model)
+
+
+# Evaluation protocols.
+
+SIZES = [(37, 50), (50, 37), (37, 50), (29, 29), (40, 47)]
+
+
+def _sized_source(sizes, num_classes=3, seed=0):
+  """Smooth random photos of the given ``(h, w)`` sizes, named by index."""
+  rng = np.random.default_rng(seed)
+  source = []
+  for i, (h, w) in enumerate(sizes):
+    coarse = rng.integers(0, 256, (h // 8 + 2, w // 8 + 2, 3))
+    image = np.repeat(np.repeat(coarse, 8, 0), 8, 1)[:h, :w]
+    image = np.clip(image + rng.integers(-20, 21, (h, w, 3)), 0, 255)
+    source.append({"image": image.astype(np.uint8),
+                   "mask": rng.integers(0, num_classes, (h, w), np.uint8),
+                   "scribbles": np.full((h, w), 255, np.uint8),
+                   "name": str(i)})
+  return source
+
+
+@pytest.fixture(scope="module")
+def small_net():
+  """The demo runlocal DeepLabV3+, random weights: ``(config, def, state)``."""
+  c = _config()
+  model = train.build_model(c, num_classes=3)
+  graphdef, state = train.create_state(model, train.make_optimizer(c), c.seed)
+  return c, graphdef, state
+
+
+def _alone(graphdef, state, image):
+  """Eval-mode logits ``[h, w, K]`` of one unpadded image, at batch 1."""
+  def logits(state, x):
+    model = graphdef.merge(state["params"], state["batch_stats"])
+    model.eval()
+    return model(steps.normalize(x))[0]
+  return np.asarray(jax.jit(logits)(state, jnp.asarray(image[None],
+                                                       jnp.float32)))
+
+
+def test_full_protocol_equals_each_image_alone(small_net):
+  c, graphdef, state = small_net
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.eval_protocol = "full"
+  source = _sized_source(SIZES)
+  alone = [_alone(graphdef, state, e["image"]) for e in source]
+  # The eval path's batches (several sizes in one call), through the network.
+  model_logits = jax.jit(lambda s, x: _model_logits(graphdef, s, x))
+  seen = 0
+  for batch in train.eval_dataset(source, c, batch_size=4, process_index=0,
+                                  process_count=1):
+    logits = np.asarray(model_logits(state, jnp.asarray(batch["image"])))
+    for b in np.flatnonzero(batch["valid"]):
+      i = int(batch["name"][b])
+      h, w = batch["size"][b]
+      assert (h, w) == SIZES[i]
+      np.testing.assert_allclose(logits[b, :h, :w], alone[i], atol=1e-4)
+      seen += 1
+  assert seen == len(source)
+  # predictions(): the same, as probabilities.
+  got = {n: p for n, p, _ in train.predictions(graphdef, state, source, c)}
+  for i, logits in enumerate(alone):
+    np.testing.assert_allclose(got[str(i)], jax.nn.softmax(logits, -1),
+                               atol=1e-5)
+  # The padded protocol is not exact: its padding enters the network.
+  c.eval_protocol, c.eval_pad_to = "padded", (64, 64)
+  padded = {n: p for n, p, _ in train.predictions(graphdef, state, source, c)}
+  gap = max(float(np.abs(padded[str(i)] - jax.nn.softmax(a, -1)).max())
+            for i, a in enumerate(alone))
+  assert gap > 1e-3
+
+
+def _model_logits(graphdef, state, x):
+  model = graphdef.merge(state["params"], state["batch_stats"])
+  model.eval()
+  return model(steps.normalize(x))
+
+
+def test_full_protocol_confusion_matrix_of_the_eval_step(small_net):
+  c, graphdef, state = small_net
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.eval_protocol, c.eval_batch_size = "full", 4
+  source = _sized_source(SIZES)
+  par = parallel.DataParallel("shard_map")
+  eval_fn = par.step(functools.partial(
+      steps.eval_step, graphdef=graphdef, num_classes=3),
+      replicated=(True, False))
+  cm = train.evaluate(par, eval_fn, par.replicate(state), source, c, 3,
+                      cache={})
+  want = np.zeros((3, 3), np.int64)
+  for e in source:
+    pred = _alone(graphdef, state, e["image"]).argmax(-1)
+    np.add.at(want, (e["mask"].astype(int), pred), 1)
+  np.testing.assert_array_equal(cm, want)
+
+
+def test_center_crop_protocol_equals_crop_then_predict(small_net):
+  c, graphdef, state = small_net
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.eval_protocol, c.eval_crop_size = "center_crop", 32
+  source = _sized_source(SIZES)
+  # Independently: rloss's FixScaleCrop(32) by hand, (oh, ow) and (y1, x1).
+  crops = {(37, 50): ((32, 43), (0, 6)), (50, 37): ((43, 32), (6, 0)),
+           (29, 29): ((32, 32), (0, 0)), (40, 47): ((32, 37), (0, 2))}
+  got = {n: (p, m) for n, p, m in train.predictions(graphdef, state, source,
+                                                     c)}
+  for i, e in enumerate(source):
+    (oh, ow), (y1, x1) = crops[e["mask"].shape]
+    image = np.asarray(Image.fromarray(e["image"]).resize(
+        (ow, oh), Image.BILINEAR))[y1:y1 + 32, x1:x1 + 32]
+    mask = np.asarray(Image.fromarray(e["mask"]).resize(
+        (ow, oh), Image.NEAREST))[y1:y1 + 32, x1:x1 + 32]
+    probs, got_mask = got[str(i)]
+    np.testing.assert_array_equal(got_mask, mask)
+    np.testing.assert_allclose(
+        probs, jax.nn.softmax(_alone(graphdef, state, image), -1), atol=1e-5)
+
+
+def test_protocol_names_the_protocol():
+  c = _config()
+  c.eval_protocol = "full"
+  text = train.protocol(c, "demo")
+  assert "full image, single scale (each image at its own size, unpadded" \
+         in text
+  c.eval_protocol, c.eval_crop_size = "center_crop", 513
+  assert ("rloss centre crop, single scale (FixScaleCrop 513: short side "
+          "resized to 513") in train.protocol(c, "demo")
+  c.eval_protocol, c.eval_pad_to = "padded", (512, 512)
+  c.eval_flip = True
+  text = train.protocol(c, "demo")
+  assert ("padded, single scale, flip (each image at the top left of a "
+          "512x512 zero canvas") in text
+  assert "the padding enters the network" in text
+  c.eval_pad_to = ()
+  assert "largest image of its batch of 4" in train.protocol(c, "demo")
+  c.eval_protocol = "tiled"
+  with pytest.raises(ValueError, match="eval_protocol"):
+    train.protocol(c, "demo")
+
+
+def test_with_best_keeps_the_final_and_adds_the_best():
+  history = [{"step": 2, "miou": 0.3, "pixel_accuracy": 0.5},
+             {"step": 4, "miou": 0.6, "pixel_accuracy": 0.7},
+             {"step": 6, "miou": 0.6, "pixel_accuracy": 0.8},
+             {"step": 4, "miou": 0.61, "pixel_accuracy": 0.71},  # Re-run.
+             {"step": 5, "miou": None, "pixel_accuracy": 0.1}]
+  final = {"step": 8, "miou": 0.5, "pixel_accuracy": 0.6, "protocol": "p"}
+  record = train.with_best(final, history)
+  assert record["miou"] == record["final_miou"] == 0.5
+  assert (record["best_miou"], record["best_step"],
+          record["best_pixel_accuracy"]) == (0.61, 4, 0.71)
+  assert [e["step"] for e in record["evaluations"]] == [2, 4, 5, 6, 8]
+  assert record["protocol"] == "p"
+
+
+def test_eval_every_reports_final_and_best(tmp_path, caplog):
+  c = _config()
+  c.stages = ()
+  c.total_steps, c.eval_every, c.checkpoint_every = 2, 1, 2
+  c.image_every, c.figure = 0, False
+  caplog.set_level("INFO")
+  record = train.train_and_evaluate(c, str(tmp_path))
+  m = json.loads((tmp_path / "metrics.json").read_text())
+  lines = [json.loads(x) for x in
+           (tmp_path / "evaluations.jsonl").read_text().splitlines()]
+  assert [e["step"] for e in lines] == [1, 2]
+  assert m["final_miou"] == m["miou"] == lines[1]["miou"]
+  best = max(lines, key=lambda e: e["miou"])
+  assert (m["best_miou"], m["best_step"]) == (best["miou"], best["step"])
+  assert [e["step"] for e in m["evaluations"]] == [1, 2]
+  assert record["best_miou"] == m["best_miou"]
+  assert re.search(r"final val mIoU [\d.]+ \(step 2\); best val mIoU [\d.]+ "
+                   r"\(step [12]\), the best of 2 evaluations every 1 steps",
+                   caplog.text)
