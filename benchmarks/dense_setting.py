@@ -4,7 +4,7 @@ Runs the pseudo-label solver (no network) with the settings of
 ``configs/voc.py`` (H_CCE + P_CD, 4-NN, η 0.3, λ 6, σ_rgb 9, 200 steps of
 0.075) and of ``configs/voc.py:neighborhood=dense,relaxation=q`` on GrabCut
 photos (``../shared/data/grabcut``) with their real set-1 scribbles and the
-weak colour unary of :mod:`potts_jax.segment` (per-class colour histograms
+weak colour unary of :mod:`potts_jax.tools.segment` (per-class colour histograms
 of the scribbled pixels), at long side ``--long_side``: per photo and
 setting, the solver's energy at its start and end, the classes left in
 ``argmax y`` and the error rate (% of the pixels of the mask, 255 ignored,
@@ -42,8 +42,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from configs import voc  # noqa: E402  pylint: disable=g-import-not-at-top
-from potts_jax import segment  # noqa: E402
-from potts_jax import segment_benchmark  # noqa: E402
+from potts_jax.tools import segment  # noqa: E402
+from potts_jax.tools import segment_benchmark  # noqa: E402
 from potts_jax import solver  # noqa: E402
 from potts_jax.data import folder  # noqa: E402
 
@@ -58,7 +58,7 @@ def settings(before: bool = False) -> dict[str, dict]:
          "dense": voc.get_config("neighborhood=dense,relaxation=q")}
   if before:
     old = voc.get_config("neighborhood=dense,relaxation=q")
-    old.lam = BEFORE_LAM
+    old.energy.lam = BEFORE_LAM
     out["dense_before"] = old
   return out
 
@@ -66,15 +66,13 @@ def settings(before: bool = False) -> dict[str, dict]:
 def solver_options(config, ratio: float) -> dict:
   """Keywords of :func:`potts_jax.solver.solve` for ``config`` on a photo
   shrunk by ``ratio`` (module docstring: σ_xy × r, dense λ / r²)."""
-  options = dict(relaxation=config.relaxation,
-                 cross_entropy=config.cross_entropy,
-                 neighborhood=config.neighborhood, eta=config.eta,
-                 lam=config.lam, sigma_rgb=config.sigma_rgb,
-                 num_steps=config.solver_steps,
-                 step_size=config.solver_step_size)
-  if config.neighborhood == "dense":
-    options.update(sigma_xy=config.sigma_xy * ratio,
-                   lam=config.lam / ratio**2)
+  e = config.energy
+  options = dict(relaxation=e.relaxation, cross_entropy=e.cross_entropy,
+                 neighborhood=e.neighborhood, eta=e.eta, lam=e.lam,
+                 sigma_rgb=e.sigma_rgb, num_steps=config.solver.num_steps,
+                 step_size=config.solver.step_size)
+  if e.neighborhood == "dense":
+    options.update(sigma_xy=e.sigma_xy * ratio, lam=e.lam / ratio**2)
   return options
 
 

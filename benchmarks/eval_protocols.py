@@ -11,7 +11,7 @@ each image under ``eval_protocol=full`` (every image at its own size,
 unpadded: the network's output on the image alone) and under ``padded``
 (bottom / right zero padding to a fixed square, or to the largest image of
 each batch, batches of ``--batch``), through
-:func:`potts_jax.train.predictions`. For each data set and padding it prints
+:func:`potts_jax.evaluation.predictions`. For each data set and padding it prints
 one JSON row: the share of image pixels whose predicted class (argmax)
 differs between the two, the share of images with any change, and, where the
 ground truth has the network's classes (CamVid), both mIoUs and their
@@ -46,11 +46,11 @@ import numpy as np
 from PIL import Image
 
 from potts_jax import checkpointing
+from potts_jax import evaluation
 from potts_jax import metrics
 from potts_jax import train
 from potts_jax.data import folder
 from potts_jax.data import sources as sources_lib
-
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
@@ -88,7 +88,7 @@ def folder_source(root: pathlib.Path, scribble_set) -> list[dict]:
 
 def _predict(graphdef, state, source, config, batch):
   start = time.perf_counter()
-  out = {str(n): (p.argmax(-1), m) for n, p, m in train.predictions(
+  out = {str(n): (p.argmax(-1), m) for n, p, m in evaluation.predictions(
       graphdef, state, source, config, batch_size=batch)}
   return out, time.perf_counter() - start
 
@@ -96,11 +96,11 @@ def _predict(graphdef, state, source, config, batch):
 def compare(graphdef, state, source, config, *, dataset, pad_to, batch,
             num_classes, class_names, has_classes) -> dict:
   """One row: ``full`` against ``padded`` to ``pad_to`` (``()``: batch max)."""
-  full = dict(config.to_dict(), eval_protocol="full")
-  padded = dict(config.to_dict(), eval_protocol="padded", eval_pad_to=pad_to)
-  cfg = lambda d: type(config)(d)
-  a, t_full = _predict(graphdef, state, source, cfg(full), batch)
-  b, t_padded = _predict(graphdef, state, source, cfg(padded), batch)
+  full = train.with_overrides(config, {"eval.protocol": "full"})
+  padded = train.with_overrides(config, {"eval.protocol": "padded",
+                                         "eval.pad_to": tuple(pad_to)})
+  a, t_full = _predict(graphdef, state, source, full, batch)
+  b, t_padded = _predict(graphdef, state, source, padded, batch)
   changed = total = images_changed = 0
   cms = [np.zeros((num_classes, num_classes), np.int64) for _ in range(2)]
   for name, (pred_full, mask) in a.items():

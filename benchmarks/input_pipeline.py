@@ -11,7 +11,7 @@ Reads ``shared/data/camvid`` (240x180) prepared by
 (default ``~/.cache/potts_jax/tfds``; prepared once, skipped when present),
 train split (367 images), the paper's augmentation (flip, scale 0.5-2.0,
 ``--blur_prob`` 0.5 Gaussian blur, crop ``--crop``). ``--source demo`` times
-:class:`potts_jax.data.demo_builder.DemoSource` instead (generated on the fly,
+:class:`potts_jax.data.builders.demo_builder.DemoSource` instead (generated on the fly,
 nothing prepared). For each ``--workers`` count: ``--warmup`` batches, then
 ``--batches`` timed; prints one JSON object per measurement on stdout
 (examples/s, batches/s, ms per batch), after a header with the environment.
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import numpy as np  # noqa: E402
 
-from potts_jax.data import folder_builder  # noqa: E402
+from potts_jax.data.builders import folder_builder  # noqa: E402
 from potts_jax.data import pipeline  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def main():
     header.update(data_dir=args.data_dir, config=CONFIG_NAME,
                   prepared_now=prepared, prepare_or_load_s=round(prepare_s, 1))
   else:
-    from potts_jax.data import demo_builder  # pylint: disable=g-import-not-at-top
+    from potts_jax.data.builders import demo_builder  # pylint: disable=g-import-not-at-top
     source = demo_builder.DemoSource("train")
   example = source[0]
   header.update(examples=len(source),

@@ -9,18 +9,17 @@ Run (2 CPU threads, as RESULTS.md records)::
 Prints one JSON object per (shape, neighbourhood): compile seconds, seconds per
 solve (median of ``--repeats``), Mpixel·steps/s, peak memory (XLA's compiled
 temp + argument + output bytes, and the process's max RSS) for ours (first of
-``--kernels``: ``auto``, the native CPU loop of ``potts_jax.cpu_solver``; then
+``--kernels``: ``auto``, the native CPU loop of ``potts_jax.solver.native``; then
 ``xla``, our XLA loop, its keys prefixed ``xla_``) and for the baseline, the
 speed ratios, and how far apart their results are (relative
-energy difference, energies evaluated in float64; mean |Δy|). The baseline is the textbook version: NHWC,
-``jax.grad`` of the energy through softmax and the scribble reset, in a
-``fori_loop``; it is written here, independently of the library's solver.
+energy difference, energies evaluated in float64; mean |Δy|). The baseline
+is the textbook loop of ``potts_jax.solver.reference``: NHWC, ``jax.grad`` of
+the energy through softmax and the scribble reset, in a ``fori_loop``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -39,7 +38,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from potts_jax import cpu_solver, neighborhoods, potts, solver, updates  # noqa: E402
+from potts_jax.solver import loop as solver_loop, native, reference  # noqa: E402
+from potts_jax import neighborhoods, potts, solver  # noqa: E402
 
 STEPS = 200  # set by --steps
 ETA, LAM, SIGMA_RGB, STEP = 0.3, 6.0, 9.0, 0.075
@@ -61,16 +61,6 @@ def make_inputs(b, h, w, k, seed=0):
       r, c = rng.integers(0, h), rng.integers(0, max(w - w // 4, 1))
       labels[i, r:r + 3, c:c + w // 4] = rng.integers(0, k)
   return logits, image.astype(jnp.float32), jnp.asarray(labels)
-
-
-def plain_energy(y, sigma, unary_mask, weights, relaxation):
-  """E(y) written directly: NHWC, slices of the padded pair arrays."""
-  unary = -jnp.log(jnp.maximum(jnp.sum(sigma * y, -1), potts.EPS))  # H_CCE
-  total = ETA * jnp.sum(unary_mask * unary)
-  p = potts.relaxation(relaxation)
-  for d, (dy, dx) in enumerate(neighborhoods.offsets_for(weights.shape[-1])):
-    total += LAM * jnp.sum(weights[..., d] * p(y, neighborhoods.shift(y, dy, dx)))
-  return total
 
 
 def float64_energy(y, logits, image, labels, neighborhood, xp=np):
@@ -101,26 +91,18 @@ def float64_energy(y, logits, image, labels, neighborhood, xp=np):
   return total
 
 
-@functools.partial(jax.jit, static_argnames=("relaxation", "neighborhood"))
+def plain_energy_params(relaxation="cd", neighborhood="nn4"):
+  """The benchmark's energy: H_CCE, η, λ, σ_rgb above."""
+  return solver.EnergyParams(relaxation=relaxation, cross_entropy="cce",
+                             neighborhood=neighborhood, eta=ETA, lam=LAM,
+                             sigma_rgb=SIGMA_RGB)
+
+
 def plain_solve(logits, image, labels, relaxation="cd", neighborhood="nn4"):
-  """Baseline: ``l -= step * jax.grad(E)(l)`` with the reset inside E."""
-  k = logits.shape[-1]
-  labeled = (labels != 255) & (labels != 254)
-  onehot = jax.nn.one_hot(jnp.where(labeled, labels, 0), k)
-  sigma = jax.nn.softmax(logits, -1)
-  weights = neighborhoods.affinities(image, labels, neighborhood=neighborhood,
-                                     sigma_rgb=SIGMA_RGB)
-  unary_mask = (labels == 255).astype(jnp.float32)
-
-  def to_y(l):
-    return jnp.where(labeled[..., None], onehot, jax.nn.softmax(l, -1))
-
-  def loss(l):
-    return plain_energy(to_y(l), sigma, unary_mask, weights, relaxation)
-
-  l = jax.lax.fori_loop(0, STEPS, lambda _, l: l - STEP * jax.grad(loss)(l),
-                        logits)
-  return to_y(l)
+  """Baseline: ``reference.solve``, ``l -= step * jax.grad(E)(l)``."""
+  return reference.solve(logits, image, labels,
+                         plain_energy_params(relaxation, neighborhood),
+                         num_steps=STEPS, step_size=STEP)
 
 
 def ours_solve(logits, image, labels, relaxation="cd", neighborhood="nn4",
@@ -157,24 +139,17 @@ def measure(shape, neighborhood, repeats, baseline, kernels):
   b, h, w, k = shape
   logits, image, labels = make_inputs(b, h, w, k)
   opts = dict(relaxation="cd", neighborhood=neighborhood)
-  f32 = jnp.float32
-  # solver._solve's positional operands: eta, lam, sigma_rgb, step, sigma_xy,
-  # mirror step, momentum, Adam step and decay (the last five unused by gd).
-  args = (logits, image, labels, f32(ETA), f32(LAM), f32(SIGMA_RGB),
-          f32(STEP), f32(100.0), f32(updates.MIRROR_STEP_SIZE),
-          f32(updates.MOMENTUM), f32(updates.ADAM_STEP_SIZE),
-          f32(updates.ADAM_DECAY))
+  args = (logits, image, labels, plain_energy_params("cd", neighborhood))
   mpix = b * h * w * STEPS / 1e6
   row = dict(shape=list(shape), neighborhood=neighborhood, steps=STEPS,
              relaxation="cd", cross_entropy="cce",
-             native_available=cpu_solver.available())
+             native_available=native.available())
   results = {}
   for kernel in kernels:
-    static = dict(relaxation="cd", cross_entropy="cce",
-                  neighborhood=neighborhood, num_steps=STEPS, optimizer=None,
-                  record=False, kernel=kernel, scale_factor=1.0,
-                  lattice_capacity=None, method="gd")
-    _, compile_s, xla_bytes = compiled_bytes(solver._solve, *args, **static)
+    options = solver.SolverOptions(num_steps=STEPS, step_size=STEP,
+                                   kernel=kernel)
+    _, compile_s, xla_bytes = compiled_bytes(
+        solver_loop.solve_batch, *args, options, record=False)
     ours_solve(logits, image, labels, kernel=kernel, **opts)  # warm dispatch
     results[kernel], seconds = timed(
         lambda: ours_solve(logits, image, labels, kernel=kernel, **opts),
@@ -189,8 +164,9 @@ def measure(shape, neighborhood, repeats, baseline, kernels):
   y = results[kernels[0]]
   ours_s = row["seconds"]
   if baseline:
-    _, base_compile, base_bytes = compiled_bytes(plain_solve, logits, image,
-                                                 labels, **opts)
+    _, base_compile, base_bytes = compiled_bytes(
+        reference.solve, logits, image, labels,
+        plain_energy_params(**opts), num_steps=STEPS, step_size=STEP)
     plain_solve(logits, image, labels, **opts)
     y0, base_s = timed(lambda: plain_solve(logits, image, labels, **opts),
                        repeats)

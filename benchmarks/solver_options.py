@@ -1,20 +1,21 @@
-"""Convergence of the solver's update options (``method=``, issue 8).
+"""Convergence of the solver's update options (``method=``).
 
 For every option of :data:`METHODS` (plain GD as in the paper, Adam on the
 logits in the native/XLA loop, Adam with the coarse-to-fine warm start,
 Nesterov SGD on the logits, mirror descent and mirror descent with momentum
 on ``y``) and every number of steps in ``--steps``: the relative energy gap
 ``(E(y_n) - E_best) / |E_best|`` to the best energy any option reaches, the
-soft Jaccard to :func:`potts_jax.quadratic.solve_exact` (Q+Q only) and the
+soft Jaccard to :func:`potts_jax.baselines.quadratic.solve_exact` (Q+Q only) and the
 wall time. ``E_best`` is the lowest of: every option's energy within
 ``max(--steps)`` steps; the reference ``--ref-method`` (Adam with a step
 decaying from 0.1 to 0.001, native loop) after ``--ref-steps`` steps, run
 for the cases in ``--ref-cases``; and for Q+Q the exact optimum (the global
 minimum of that convex problem). Data: real GrabCut photos with their real
 set1 scribbles (K = 2) and CamVid ``--camvid-split`` frames with synthetic
-skeleton scribbles (:func:`potts_jax.data.scribbles.skeleton_scribbles`, 3%,
-K = 11), resized to ``--long-side`` px, smooth random logits (std
-``--logit-std``, no network), η 0.3, λ 6, σ_rgb 9, nn4, cases H_CCE + P_CD
+skeleton scribbles
+(:func:`potts_jax.data.synthetic_scribbles.skeleton_scribbles`, 3%, K = 11),
+resized to ``--long-side`` px, smooth random logits (std ``--logit-std``, no
+network), η 0.3, λ 6, σ_rgb 9, nn4, cases H_CCE + P_CD
 and H_Q + P_Q::
 
   python benchmarks/solver_options.py --grabcut 50 --camvid 20 \
@@ -61,8 +62,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from potts_jax import quadratic, solver  # noqa: E402
-from potts_jax.data import folder, scribbles, synthetic  # noqa: E402
+from potts_jax.baselines import quadratic  # noqa: E402
+from potts_jax import solver  # noqa: E402
+from potts_jax.data import folder, synthetic, synthetic_scribbles  # noqa: E402
 from solver_options_report import plot, summarize  # noqa: E402
 
 NESTEROV = optax.sgd(0.075, momentum=0.9, nesterov=True)
@@ -107,7 +109,8 @@ def camvid(root: Path, count: int, side: int, split: str = "test"):
     size = (round(image.size[0] * scale), round(image.size[1] * scale))
     image = np.asarray(image.resize(size, Image.BILINEAR), np.float32)
     mask = np.asarray(mask.resize(size, Image.NEAREST), np.int32)
-    labels = scribbles.skeleton_scribbles(mask, seed=index).astype(np.int32)
+    labels = synthetic_scribbles.skeleton_scribbles(
+        mask, seed=index).astype(np.int32)
     yield name, image, labels, 11
 
 

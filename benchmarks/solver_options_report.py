@@ -15,7 +15,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from potts_jax import cpu_solver  # noqa: E402
+from potts_jax.solver import native  # noqa: E402
 
 
 def _rows(path: Path, kind: str) -> list[dict]:
@@ -39,7 +39,7 @@ def _step_ms(timing: list, shape, case: str) -> dict:
   if not sel:
     return {}
   ms = sel[-1]["min"]["ms_per_step"]
-  loop = "native" if shape[-1] >= cpu_solver.MIN_CLASSES else "xla"
+  loop = "native" if shape[-1] >= native.MIN_CLASSES else "xla"
   out = {m: (ms[m], 0.0) for m in ms}
   out["gd"] = (ms[f"gd_{loop}"], 0.0)
   out["adam"] = (ms[f"adam_{loop}"], 0.0)

@@ -9,7 +9,7 @@ random logits (a gaussian-filtered noise field, std ``--logit-std``; no
 network). For every image and number of steps it compares the solver
 (``relaxation='q', cross_entropy='q'``, plain descent, step 0.075, η 0.3,
 λ 6; or the update ``--method``, see :data:`METHODS`) with
-:func:`potts_jax.quadratic.solve_exact`::
+:func:`potts_jax.baselines.quadratic.solve_exact`::
 
   python benchmarks/solver_quality.py                     # 50 images
   python benchmarks/solver_quality.py --num-images 5 --steps 100,1000
@@ -47,7 +47,8 @@ xla_flags.prefer_threaded_cpu_loops()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from potts_jax import quadratic, solver  # noqa: E402
+from potts_jax.baselines import quadratic  # noqa: E402
+from potts_jax import solver  # noqa: E402
 from potts_jax.data import folder, synthetic  # noqa: E402
 
 PADDING, UNLABELED = folder.PADDING, 255

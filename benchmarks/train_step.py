@@ -17,7 +17,7 @@ Run (2 CPU cores, the defaults take about 2-3 minutes)::
   python benchmarks/train_step.py --backbone resnet101 --batch 12 --crop 513 \\
       --solver_steps 200          # the paper's VOC size, on a GPU
 
-Another config's recipe, and variants of one method (issue 8's equal-wall-time
+Another config's recipe, and variants of one method (the equal-wall-time
 comparison: the solver's time per training step)::
 
   python benchmarks/train_step.py --config configs/camvid_small.py \\
@@ -121,16 +121,16 @@ def config_for(args: argparse.Namespace, method: str, arg: str | None = None):
   benchmark's batch and crop."""
   if arg is not None:
     c = args.config_module.get_config(arg)
-    c.batch_size = args.batch
-    c.crop_size = args.crop
+    c.input.batch_size = args.batch
+    c.input.crop_size = args.crop
     c.parallel = args.parallel
     return c
   c = voc.get_config(f"stage=2,method={method},pretrained=false")
   c.model.backbone = args.backbone
   c.model.width = args.width
-  c.batch_size = args.batch
-  c.crop_size = args.crop
-  c.solver_steps = args.solver_steps
+  c.input.batch_size = args.batch
+  c.input.crop_size = args.crop
+  c.solver.num_steps = args.solver_steps
   c.parallel = args.parallel
   return c
 
@@ -142,11 +142,11 @@ class Runner:
                batch: dict[str, np.ndarray], arg: str | None = None):
     config = config_for(args, method, arg)
     self.method = method
-    self.solver_steps = (config.solver_steps
-                         if config.method in ("soft_sl", "hard_sl") else 0)
+    self.solver_steps = (config.solver.num_steps
+                         if config.loss.method in ("soft_sl", "hard_sl") else 0)
     self.extra = ({} if arg is None else dict(
-        config=args.config, arg=arg, train_method=config.method,
-        solver_method=config.get("solver_method", "gd")))
+        config=args.config, arg=arg, train_method=config.loss.method,
+        solver_method=config.solver.method))
     model = train.build_model(config, args.num_classes)
     tx = train.make_optimizer(config)
     model_def, state = train.create_state(model, tx, config.seed)

@@ -10,10 +10,10 @@ Not in the paper, taken from the lineage: crop 513 at scales 0.5-2 of the crop
 (the VOC crop of the paper's code base; TEL's openseg config crops 520), lr
 0.01 (pytorch-deeplab-xception's non-VOC rate) and 120 epochs (about
 openseg's 150k iterations at batch 16): 202,100 steps at batch 12. The lr is
-on the lineage's loss (``loss_normalization="batch_mean"``, set by
-:func:`configs.cityscapes.block_config`: pixel mean / batch size).
+on the lineage's loss (``loss.normalization="batch_mean"``, set by
+:func:`configs.common.block_config`: pixel mean / batch size).
 
-Prerequisites: ``ade20k_block`` prepared in ``--config.data_dir`` (builder
+Prerequisites: ``ade20k_block`` prepared in ``--config.input.data_dir`` (builder
 config ``block50``) and ``weights/resnet101``. Run::
 
   python -m potts_jax.main --config=configs/ade20k.py --workdir=DIR
@@ -28,13 +28,14 @@ GridCRF loss 37.7, DenseCRF loss 37.4; full supervision 44.6).
 
 import ml_collections
 
-from configs import cityscapes
+from configs import common
 
 TRAIN_IMAGES = 20_210
 EPOCHS = 120
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  return cityscapes.block_config(
-      arg, dataset="ade20k_block", num_classes=150,
-      train_images=TRAIN_IMAGES, epochs=EPOCHS, crop_size=513)
+  """The recipe of :func:`configs.common.block_config` on ADE20k."""
+  return common.block_config(arg, dataset="ade20k_block", num_classes=150,
+                             train_images=TRAIN_IMAGES, epochs=EPOCHS,
+                             crop_size=513)

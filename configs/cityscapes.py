@@ -11,11 +11,11 @@ crop (DeepLab's and openseg's Cityscapes crop; the paper's VOC code base,
 pytorch-deeplab-xception, crops at a random scale of the crop size too), lr
 0.01 and 200 epochs (pytorch-deeplab-xception's Cityscapes defaults): 49,584
 steps at batch 12. The lr is on the lineage's loss
-(``loss_normalization="batch_mean"``: pixel mean / batch size).
+(``loss.normalization="batch_mean"``: pixel mean / batch size).
 
-Prerequisites: ``cityscapes_block`` prepared in ``--config.data_dir``
+Prerequisites: ``cityscapes_block`` prepared in ``--config.input.data_dir``
 (builder config ``block50``; the run names the preparation command when it is
-missing) and ``weights/resnet101`` from ``python -m potts_jax.pretrained
+missing) and ``weights/resnet101`` from ``python -m potts_jax.models.pretrained
 convert --arch resnet101 ...``. Run::
 
   python -m potts_jax.main --config=configs/cityscapes.py --workdir=DIR
@@ -33,66 +33,13 @@ GridCRF loss 69.5, DenseCRF loss 69.3; full supervision 80.2).
 import ml_collections
 
 from configs import common
-from configs import voc
 
 TRAIN_IMAGES = 2_975
 EPOCHS = 200
-LR = 0.01
-BLOCKS = (10, 20, 50)
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-  return block_config(arg, dataset="cityscapes_block", num_classes=19,
-                      train_images=TRAIN_IMAGES, epochs=EPOCHS, crop_size=769)
-
-
-def block_config(arg: str, *, dataset: str, num_classes: int,
-                 train_images: int, epochs: int, crop_size: int
-                 ) -> ml_collections.ConfigDict:
-  """The block-scribble recipe of Table 6 (shared with :mod:`configs.ade20k`)."""
-  arg = common.parse_arg(
-      arg, method="soft_sl", relaxation="cd", cross_entropy="cce",
-      neighborhood="nn4", stage="single", block=50, batch=12,
-      pretrained=True, runlocal=False)
-  voc.check_choice("block", arg.block, BLOCKS)
-  c = common.get_config()
-  c.lock()
-
-  c.dataset = dataset
-  c.dataset_config = f"block{arg.block}"
-  c.num_classes = num_classes
-  c.train_split = "train"
-  c.eval_split = "val"
-  c.crop_size = crop_size
-  c.scale_range = (0.5, 2.0)
-  c.flip = True
-  c.blur_prob = 0.0
-  c.eval_batch_size = 4
-
-  c.model.backbone = "resnet101"
-  c.model.output_stride = 16
-  c.model.pretrained_dir = "weights/resnet101" if arg.pretrained else ""
-
-  c.batch_size = arg.batch
-  c.total_steps = voc.steps_for(epochs, train_images, arg.batch)
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.poly_power = 0.9
-  # The lineage's loss (pixel mean / batch size), for which lr 0.01 is set.
-  c.loss_normalization = "batch_mean"
-
-  voc.set_loss(c, arg)
-  c.eta = 0.3
-  c.lam = 6.0
-  c.sigma_rgb = 3.0
-  c.solver_steps = 200
-  c.solver_step_size = 0.075
-
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.name = (f"{dataset}{arg.block}_{arg.method}_{arg.cross_entropy}_"
-            f"{arg.relaxation}_{arg.neighborhood}")
-  if arg.runlocal:
-    voc.set_runlocal(c)
-  voc.set_stages(c, arg.stage, arg.method, LR, LR / 10)
-  return c
+  """The recipe of :func:`configs.common.block_config` on Cityscapes."""
+  return common.block_config(arg, dataset="cityscapes_block", num_classes=19,
+                             train_images=TRAIN_IMAGES, epochs=EPOCHS,
+                             crop_size=769)

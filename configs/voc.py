@@ -11,7 +11,7 @@ scale, 21-class mIoU on the 1,449 ``val`` images.
 
 Units of the lr: lr 0.007 / 0.0007 on the lineage's loss (rloss /
 pytorch-deeplab-xception, where the rates come from): pixel mean / batch size
-(``loss_normalization="batch_mean"``; at batch 12 a step is 1/12 of a
+(``loss.normalization="batch_mean"``; at batch 12 a step is 1/12 of a
 pixel-mean step at the same lr).
 
 GD (``method=gd``, Table 4's GD row: 67.0 on nn4, 69.5 on dense). The loss is
@@ -27,16 +27,17 @@ loss, weight 2e-9 on ``-Σ_{i≠j} w_ij σ_iᵀσ_j`` (P_BL up to a constant, no
 entropy term) per image at half resolution (``--rloss-scale 0.5``), sigma_rgb
 15, sigma_xy 100, in one stage from ImageNet at lr 0.007 for 60 epochs. So
 ``method=gd,neighborhood=dense`` sets η 0, P_BL (unless ``relaxation=q``),
-sigma_rgb 15, sigma_xy 100, ``dense_scale_factor`` 0.5, and λ converted from
+sigma_rgb 15, sigma_xy 100, ``energy.scale_factor`` 0.5, and λ converted from
 2e-9 (:func:`set_gd`; approximate, since rloss's term is a sum and ours is
 divided by ``|U|``); run it with ``stage=single`` to train as rloss does.
 
-Prerequisites: the ``voc_scribble`` dataset prepared in ``--config.data_dir``
-(``python -m potts_jax.data.prepare --dataset=voc_scribble ...``; the run
-stops with that command if it is missing) and the ImageNet backbone converted
-into ``weights/mobilenet_v2`` (``--config.model.pretrained_dir``)::
+Prerequisites: the ``voc_scribble`` dataset prepared in
+``--config.input.data_dir`` (``python -m potts_jax.data.prepare
+--dataset=voc_scribble ...``; the run stops with that command if it is
+missing) and the ImageNet backbone converted into ``weights/mobilenet_v2``
+(``--config.model.pretrained_dir``)::
 
-  python -m potts_jax.pretrained convert --arch mobilenet_v2 \
+  python -m potts_jax.models.pretrained convert --arch mobilenet_v2 \
       --src mobilenet_v2-b0353104.pth --dst weights/mobilenet_v2
 
 Run (both stages, in ``DIR/stage1`` and ``DIR/stage2``)::
@@ -62,8 +63,8 @@ Variants (``--config=configs/voc.py:VARIANT,...``):
 * ``pretrained=false``: no ImageNet weights;
 * ``runlocal``: tiny network and images, a few steps (checks a set-up).
 
-With ``stages`` the learning rates live in the stage list, so change them
-with ``stage=1`` / ``stage=2`` runs and ``--config.lr``.
+With ``stages``, ``--config.optim.lr`` sets stage 1's lr; stage 2's lr lives
+in the stage list (change it with a ``stage=2`` run and ``--config.optim.lr``).
 
 Expected (paper, val mIoU, MobileNetV2, full-length scribbles): 71.22 for the
 default H_CCE + P_CD (Table 3; 71.12 nq, 71.05 q, 71.21 lq, 67.41 cce, 67.24
@@ -76,16 +77,11 @@ not this ``hard_sl``. Shorter scribbles
 0.3 / 0.
 """
 
-import math
-
 import ml_collections
 
 from configs import common
 
 TRAIN_IMAGES = 10_582  # train_aug (VOC 2012 train + SBD), paper appendix C.
-EPOCHS = 60  # per stage.
-STAGE1_LR = 0.007
-STAGE2_LR = 0.0007
 LENGTHS = (0.0, 0.3, 0.5, 0.8, 1.0)  # Table 3's scribble length ratios.
 # λ of the dense self-labeling loss (set_dense derives it): 1/1000 of the
 # 4-NN λ 6, as a pixel's dense affinity is ~1000 times its 4-NN one.
@@ -98,43 +94,6 @@ RLOSS_SCALE = 0.5
 # 0.5-2 of the crop leave about 10% padding; scribbles cover about 3%.
 UNLABELED_SHARE = 0.87
 
-# The names the steps, losses and solver accept (potts_jax.steps.METHODS,
-# potts.NAMES, losses.NAMES, neighbourhoods), checked here so that a typo in a
-# variant fails when the config loads rather than after the data is opened.
-METHODS = ("pce", "gd", "soft_sl", "hard_sl", "hard_sl_gc")
-RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
-CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
-NEIGHBORHOODS = ("nn4", "nn8", "dense")
-STAGES = ("both", "1", "2", "single")
-
-
-def check_choice(name: str, value, choices) -> None:
-  """Raises ValueError unless ``value`` is one of ``choices``."""
-  if value not in choices:
-    raise ValueError(f"config variant {name}={value!r}; expected one of "
-                     f"{list(choices)}")
-
-
-def steps_for(epochs: float, images: int, batch_size: int) -> int:
-  """Optimiser steps of ``epochs`` passes over ``images`` at ``batch_size``."""
-  return math.ceil(epochs * images / batch_size)
-
-
-def set_loss(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
-             ) -> None:
-  """The self-labeling loss of ``arg`` (checked) into ``c``."""
-  check_choice("method", arg.method, METHODS)
-  check_choice("relaxation", arg.relaxation, RELAXATIONS)
-  check_choice("cross_entropy", arg.cross_entropy, CROSS_ENTROPIES)
-  check_choice("neighborhood", arg.neighborhood, NEIGHBORHOODS)
-  if arg.method == "hard_sl_gc" and arg.neighborhood == "dense":
-    raise ValueError("method=hard_sl_gc cuts a grid graph: use "
-                     "neighborhood=nn4 or nn8, not dense")
-  c.method = arg.method
-  c.relaxation = arg.relaxation
-  c.cross_entropy = arg.cross_entropy
-  c.neighborhood = arg.neighborhood
-
 
 def set_gd(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
            ) -> None:
@@ -143,7 +102,7 @@ def set_gd(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
 
   λ: rloss adds ``2e-9 · Σ_b S_b / B`` with ``S_b`` the half-resolution sum of
   ``w_ij (1 - σ_iᵀσ_j)`` over ordered pairs; our batch_mean loss adds
-  ``λ Σ_b D_b / (|U| B)`` with ``D_b`` :func:`potts_jax.bilateral.dense_energy`,
+  ``λ Σ_b D_b / (|U| B)`` with ``D_b`` :func:`potts_jax.dense.bilateral.dense_energy`,
   which counts each unordered pair once and scales a half-resolution sum by
   ``(1 / 0.5)⁴ = 16``: ``D_b ≈ 16 S_b / 2``. Equal terms need
   ``λ = 2e-9 · 2 / 16 · |U|``, with ``|U|`` taken as ``UNLABELED_SHARE`` of
@@ -151,14 +110,15 @@ def set_gd(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
   """
   if arg.method != "gd" or arg.neighborhood != "dense":
     return
+  e = c.energy
   if arg.relaxation != "q":
-    c.relaxation = "bl"
-  c.eta = 0.0
-  c.sigma_rgb = 15.0
-  c.sigma_xy = 100.0
-  c.dense_scale_factor = RLOSS_SCALE
-  unlabeled = UNLABELED_SHARE * c.batch_size * c.crop_size**2
-  c.lam = RLOSS_DENSECRF_WEIGHT * 2 * RLOSS_SCALE**4 * unlabeled
+    e.relaxation = "bl"
+  e.eta = 0.0
+  e.sigma_rgb = 15.0
+  e.sigma_xy = 100.0
+  e.scale_factor = RLOSS_SCALE
+  unlabeled = UNLABELED_SHARE * c.input.batch_size * c.input.crop_size**2
+  e.lam = RLOSS_DENSECRF_WEIGHT * 2 * RLOSS_SCALE**4 * unlabeled
 
 
 def set_dense(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
@@ -189,59 +149,12 @@ def set_dense(c: ml_collections.ConfigDict, arg: ml_collections.ConfigDict
   """
   if arg.method == "gd" or arg.neighborhood != "dense":
     return
-  c.relaxation = "bl" if arg.relaxation == "bl" else "q"
-  c.sigma_rgb = 9.0
-  c.sigma_xy = 100.0
-  c.dense_scale_factor = 0.5
-  c.lam = DENSE_LAM
-
-
-def set_runlocal(c: ml_collections.ConfigDict) -> None:
-  """A tiny network on small crops for a few steps (the data stays)."""
-  c.crop_size = 65
-  c.batch_size = 4
-  c.eval_batch_size = 4
-  c.model.width = 0.35
-  c.model.channels = 16
-  c.model.low_level_channels = 8
-  c.model.pretrained_dir = ""
-  c.solver_steps = 5
-  c.total_steps = 3
-  c.log_every = 1
-  c.checkpoint_every = 2
-  c.image_every = 2
-  c.worker_count = 0
-
-
-def set_stages(c: ml_collections.ConfigDict, stage: str, method: str,
-               lr1: float, lr2: float) -> None:
-  """Stage 1 pCE at ``lr1``, stage 2 ``method`` at ``lr2`` (appendix C).
-
-  Args:
-    c: the config; its ``method`` is the stage-2 method.
-    stage: ``both`` (``c.stages`` lists the two), ``1`` (pCE alone at
-      ``lr1``), ``2`` (``method`` alone at ``lr2``, from ``init_from``) or
-      ``single`` (``method`` alone at ``lr1``: Table 6's single stage).
-    method: the stage-2 method.
-    lr1, lr2: the stages' initial learning rates.
-  """
-  if stage == "both":
-    c.method = "pce"
-    c.lr = lr1
-    c.stages = ({"name": "stage1", "method": "pce", "lr": lr1},
-                {"name": "stage2", "method": method, "lr": lr2})
-  elif stage == "1":
-    c.method = "pce"
-    c.lr = lr1
-  elif stage == "2":
-    c.method = method
-    c.lr = lr2
-  elif stage == "single":
-    c.method = method
-    c.lr = lr1
-  else:
-    raise ValueError(f"config variant stage={stage!r}; expected both, 1, 2 "
-                     "or single")
+  e = c.energy
+  e.relaxation = "bl" if arg.relaxation == "bl" else "q"
+  e.sigma_rgb = 9.0
+  e.sigma_xy = 100.0
+  e.scale_factor = 0.5
+  e.lam = DENSE_LAM
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -249,61 +162,63 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
       arg, method="soft_sl", relaxation="cd", cross_entropy="cce",
       neighborhood="nn4", stage="both", length=1.0, batch=12,
       pretrained=True, runlocal=False)
-  check_choice("stage", arg.stage, STAGES)
-  check_choice("length", arg.length, LENGTHS)
+  common.check_choice("stage", arg.stage, common.STAGES)
+  common.check_choice("length", arg.length, LENGTHS)
   c = common.get_config()
   c.lock()  # A key that common.get_config() lacks is an error.
 
-  c.dataset = "voc_scribble"
-  c.dataset_config = "xml" if arg.length == 1.0 else f"xml_len{arg.length:g}"
-  c.num_classes = 21
-  c.train_split = "train_aug"
-  c.eval_split = "val"
-  c.crop_size = 513
-  c.scale_range = (0.5, 2.0)
-  c.flip = True
-  c.blur_prob = 0.5  # rloss's RandomGaussianBlur.
-  c.eval_batch_size = 4
+  c.input.dataset = "voc_scribble"
+  c.input.dataset_config = ("xml" if arg.length == 1.0
+                            else f"xml_len{arg.length:g}")
+  c.input.num_classes = 21
+  c.input.train_split = "train_aug"
+  c.input.batch_size = arg.batch
+  c.input.crop_size = 513
+  c.input.scale_range = (0.5, 2.0)
+  c.input.flip = True
+  c.input.blur_prob = 0.5  # rloss's RandomGaussianBlur.
+  c.eval.split = "val"
+  c.eval.batch_size = 4
   # Every val image whole, at its own size, unpadded: the standard VOC val
   # protocol (full-image evaluation at batch 1 of robust_trust_region), exact
   # (one compilation per distinct image shape). center_crop is rloss's 513
   # FixScaleCrop; padded (to 512 x 512, VOC images being at most 500 x 500)
   # lets the padding enter the network.
-  c.eval_protocol = "full"
-  c.eval_crop_size = 513
-  c.eval_pad_to = (512, 512)  # eval_protocol=padded only
+  c.eval.protocol = "full"
+  c.eval.crop_size = 513
+  c.eval.pad_to = (512, 512)  # eval.protocol=padded only
+  c.eval.every = 0
 
   c.model.backbone = "mobilenet_v2"
   c.model.width = 1.0
   c.model.output_stride = 16
   c.model.pretrained_dir = "weights/mobilenet_v2" if arg.pretrained else ""
 
-  c.batch_size = arg.batch
-  c.total_steps = steps_for(EPOCHS, TRAIN_IMAGES, arg.batch)
-  c.momentum = 0.9
-  c.weight_decay = 5e-4
-  c.poly_power = 0.9
-  c.head_lr_mult = 10.0
-  c.loss_normalization = "batch_mean"  # The lineage's, whose lr these are.
+  c.total_steps = common.steps_for(common.EPOCHS, TRAIN_IMAGES, arg.batch)
+  c.optim.momentum = 0.9
+  c.optim.weight_decay = 5e-4
+  c.optim.poly_power = 0.9
+  c.optim.head_lr_mult = 10.0
+  c.loss.normalization = "batch_mean"  # The lineage's, whose lr these are.
 
-  set_loss(c, arg)
-  c.eta = 0.3
-  c.lam = 6.0
-  c.sigma_rgb = 9.0
-  c.solver_steps = 200
-  c.solver_step_size = 0.075
+  common.set_loss(c, arg)
+  c.energy.eta = 0.3
+  c.energy.lam = 6.0
+  c.energy.sigma_rgb = 9.0
+  c.solver.num_steps = 200
+  c.solver.step_size = 0.075
   set_gd(c, arg)
   set_dense(c, arg)
 
   c.log_every = 50
   c.checkpoint_every = 1000
-  c.eval_every = 0
   c.name = (f"voc_{arg.method}_{arg.cross_entropy}_{arg.relaxation}_"
             f"{arg.neighborhood}_len{arg.length:g}")
   if arg.runlocal:
-    set_runlocal(c)
+    common.set_runlocal(c)
 
-  set_stages(c, arg.stage, arg.method, STAGE1_LR, STAGE2_LR)
+  common.set_stages(c, arg.stage, arg.method, common.STAGE1_LR,
+                    common.STAGE2_LR)
   if arg.stage == "1":
     c.name = f"voc_pce_len{arg.length:g}"
   return c

@@ -6,9 +6,9 @@ stage 1 pCE at lr 0.007, stage 2 soft self-labeling at lr 0.0007 from stage
 with an ImageNet-pretrained ResNet-101 backbone at output stride 16, converted
 once into ``weights/resnet101`` (``--config.model.pretrained_dir``). As in
 :mod:`configs.voc`, lr 0.007 / 0.0007 are on the lineage's loss: pixel mean /
-batch size (``loss_normalization="batch_mean"``)::
+batch size (``loss.normalization="batch_mean"``)::
 
-  python -m potts_jax.pretrained convert --arch resnet101 \
+  python -m potts_jax.models.pretrained convert --arch resnet101 \
       --src resnet101-63fe2227.pth --dst weights/resnet101
 
 Run::

@@ -14,7 +14,7 @@ Every run of :mod:`configs.camvid_small`, for seeds 0, 1, 2:
 ``hard_sl_cd``              hard SL: argmax of the P_CD solution (Table 4)
 ``soft_cce_cd_adam``        soft SL, H_CCE + P_CD with 80 Adam solver steps
                             (about 0.7x the training-step time of 200 plain
-                            steps, issue 8)
+                            steps)
 ``soft_cce_cd_adam180``     the same with 180 Adam steps: the step time of
                             200 plain steps (benchmarks/train_step.py)
 ``full``                    every pixel labeled (the upper bound)
@@ -170,7 +170,7 @@ def command(args, seed: int, name: str) -> list[str]:
   workdir = pathlib.Path(args.root) / f"seed{seed}" / name
   cmd = [sys.executable, "-m", "potts_jax.main",
          f"--config={CONFIG}:{RUNS[name]}", f"--workdir={workdir}",
-         f"--config.seed={seed}", f"--config.data_dir={args.data_dir}"]
+         f"--config.seed={seed}", f"--config.input.data_dir={args.data_dir}"]
   if name != "stage1" and name != "full":
     cmd.append(f"--config.init_from={pathlib.Path(args.root) / f'seed{seed}' / 'stage1'}")
   if name != "stage1":
@@ -182,7 +182,7 @@ def command(args, seed: int, name: str) -> list[str]:
       # The committed dense run had λ 12 on a sum over ordered pairs; dense
       # pairs now count once, as on the grid, so the same run is λ 24.
       chosen = dict(chosen, lam=DENSE_LAM_FACTOR * chosen["lam"])
-    cmd += [f"--config.{k}={v}" for k, v in sorted(chosen.items())]
+    cmd += [f"--config.energy.{k}={v}" for k, v in sorted(chosen.items())]
   return cmd
 
 
@@ -250,8 +250,7 @@ def select(args) -> dict[str, float]:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   config = camvid_small.get_config("stage=2,eval=val")
-  config.unlock()
-  config.data_dir = args.data_dir
+  config.input.data_dir = args.data_dir
   data = sources.open_sources(config)
   model = train.build_model(config, data.num_classes)
   stage1 = pathlib.Path(args.root) / "seed0" / "stage1"
@@ -269,8 +268,8 @@ def select(args) -> dict[str, float]:
   for eta, lam, sigma in itertools.product(*GRID.values()):
     y = solver.solve(logits, image, scribbles, relaxation="cd",
                      cross_entropy="cce", eta=eta, lam=lam, sigma_rgb=sigma,
-                     num_steps=config.solver_steps,
-                     step_size=config.solver_step_size)
+                     num_steps=config.solver.num_steps,
+                     step_size=config.solver.step_size)
     cm = metrics.confusion_matrix(jnp.argmax(y, -1), jnp.asarray(mask),
                                   data.num_classes)
     miou = metrics.summarize(np.asarray(cm))["miou"]

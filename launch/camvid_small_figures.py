@@ -3,7 +3,7 @@ r"""Pictures and measurements of the CamVid sweep that need its checkpoints.
 * ``results/camvid_small/pseudo_labels.png``: the soft pseudo-labels of 4
   test frames under P_CD and P_BL (H_CCE, 4-NN, the selected eta, lambda,
   sigma_rgb) from the seed-0 stage-1 network's logits, coloured by
-  :mod:`potts_jax.viz`, with their entropy.
+  :mod:`potts_jax.plots.viz`, with their entropy.
 * ``results/camvid_small/prediction_change.json``: for every finished seed-0
   stage-2 run, the fraction of test pixels (void excluded) whose predicted
   class differs from the stage-1 network's: how far stage 2 moved it.
@@ -33,14 +33,14 @@ from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top,wron
 
 import camvid_small as sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import camvid_small as config_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from potts_jax import checkpointing, solver, steps, train, viz  # pylint: disable=g-import-not-at-top,wrong-import-position
+from potts_jax import checkpointing, solver, steps, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from potts_jax.plots import viz  # pylint: disable=g-import-not-at-top,wrong-import-position
 from potts_jax.data import augmentation, sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _open(root: pathlib.Path):
   config = config_lib.get_config("stage=2")
-  config.unlock()
-  config.data_dir = str(root / "tfds")
+  config.input.data_dir = str(root / "tfds")
   data = sources.open_sources(config)
   return config, data
 
@@ -76,7 +76,7 @@ def prediction_change(root: pathlib.Path, path: pathlib.Path) -> dict:
     after = _predict(_model(config, data, seed0 / name), images)
     changed[name] = round(float(np.mean((after != before)[valid])), 5)
     print(name, changed[name], flush=True)
-  record = {"changed_fraction": changed, "split": config.eval_split,
+  record = {"changed_fraction": changed, "split": config.eval.split,
             "seed": 0}
   path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
   return record

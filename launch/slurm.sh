@@ -14,9 +14,9 @@
 #   node  one process per node driving all its GPUs; JAX_LOCAL_DEVICE_IDS is
 #         set to every GPU of the node (otherwise JAX would take only GPU 0).
 #
-# The global batch (--config.batch_size, 12 in the paper) must be a multiple
-# of the total number of GPUs: 12 suits 1, 2, 3, 4, 6 or 12 GPUs; on 8 or 16
-# use the variant batch=16 (total_steps follows) or batch=8.
+# The global batch (--config.input.batch_size, 12 in the paper) must be a
+# multiple of the total number of GPUs: 12 suits 1, 2, 3, 4, 6 or 12 GPUs; on
+# 8 or 16 use the variant batch=16 (total_steps follows) or batch=8.
 # The workdir must be on a file system every node sees (checkpoints, metrics).
 # A preempted job (SIGTERM) saves a checkpoint; resubmitting the same command
 # resumes it (--requeue works too).
@@ -34,7 +34,7 @@
 set -euo pipefail
 
 if [[ $# -eq 0 ]]; then
-  echo "usage: sbatch [sbatch options] launch/slurm.sh --config=configs/NAME.py[:variant] --workdir=DIR [--config.KEY=VALUE ...]" >&2
+  echo "usage: sbatch [sbatch options] launch/slurm.sh --config=configs/NAME.py[:variant] --workdir=DIR [--config.SECTION.KEY=VALUE ...]" >&2
   exit 2
 fi
 

@@ -6,7 +6,7 @@
 * Table 4 (``--tables 4``): ``gd``, ``hard_sl`` and ``soft_sl`` with H_CCE +
   ``--table4_relaxation`` (default ``q``, the P_Q of the paper's sections
   3.2-3.4) on ``nn4``; with ``--dense`` also on the dense neighbourhood (needs
-  the dense Potts of issue 7).
+  the dense Potts term).
 
 Stage 1 (pCE, lr 0.007) does not depend on the loss, so it runs once per
 scribble length, in ``ROOT/stage1/len<L>``; every stage-2 run (lr 0.0007)
@@ -18,7 +18,7 @@ Usage::
   python launch/sweep.py --root runs/voc                 # print the commands
   python launch/sweep.py --root runs/voc --run           # run them in turn
   python launch/sweep.py --tables 4 --dense --variant=batch=16 \\
-      -- --config.data_dir=/data/tfds
+      -- --config.input.data_dir=/data/tfds
 
 By default (``--dry_run``) it prints one command per line, in an order that
 runs every stage 1 before the runs that start from it (pipe them into a job

@@ -2,7 +2,7 @@
 # Training on a Cloud TPU pod slice: the same command on every TPU VM worker.
 #
 #   launch/tpu_pod.sh TPU_NAME ZONE --config=configs/voc.py \
-#       --workdir=/gcs/BUCKET/runs/voc --config.data_dir=/gcs/BUCKET/tfds
+#       --workdir=/gcs/BUCKET/runs/voc --config.input.data_dir=/gcs/BUCKET/tfds
 #
 # Runs `gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all
 # --command=...` so that every host enters `python -m potts_jax.main ARGS`
@@ -17,7 +17,7 @@
 #   PROJECT      passed as --project when set
 #   DRY_RUN=1    print the gcloud command instead of running it
 #
-# The workdir and data_dir must be POSIX paths visible to every worker (a
+# The workdir and input.data_dir must be POSIX paths visible to every worker (a
 # gcsfuse mount of a bucket, or a shared disk; gs:// URLs are not
 # supported); the global batch must be a multiple of the chips' devices.
 # Output goes to POTTS_LOG (default ~/potts_jax.log) on each worker; worker 0's
@@ -26,7 +26,7 @@
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-  echo "usage: launch/tpu_pod.sh TPU_NAME ZONE --config=configs/NAME.py[:variant] --workdir=DIR [--config.KEY=VALUE ...]" >&2
+  echo "usage: launch/tpu_pod.sh TPU_NAME ZONE --config=configs/NAME.py[:variant] --workdir=DIR [--config.SECTION.KEY=VALUE ...]" >&2
   exit 2
 fi
 TPU_NAME="$1"

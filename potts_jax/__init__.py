@@ -1,14 +1,15 @@
 """potts_jax: soft self-labeling with Potts relaxations, in JAX.
 
-Modules (import the ones you need; importing has no side effects):
-``labels`` label codes, ``potts`` relaxations P(p, q), ``losses``
-cross-entropies and network losses, ``neighborhoods`` grid affinities and
-energies, ``solver`` the pseudo-label solver (``cpu_solver`` its native CPU
-loop), ``quadratic`` the exact H_Q + P_Q optimum, ``models`` DeepLabV3+ on
-MobileNetV2 / ResNet (Flax NNX), ``torch_checkpoint`` and ``pretrained``
-torchvision weights without torch, ``checkpointing`` Orbax, ``data`` dataset
-folders and synthetic inputs, ``viz`` pictures, ``demo`` the README's main
-job, ``xla_flags`` the XLA:CPU loop setting the entry points apply.
+Import the modules you need; importing has no side effects. The core maths
+sits at the top (``labels`` label codes, ``potts`` the relaxations P(p, q),
+``losses`` cross-entropies and network losses, ``neighborhoods`` grid
+affinities and Potts sums), next to training (``main``, ``train``, ``steps``,
+``parallel``, ``checkpointing``, ``metrics``, ``xla_flags``). Subpackages group
+the rest by role: ``solver`` the pseudo-label solver, ``dense`` the
+permutohedral lattice and dense Potts, ``baselines`` graph cut and the exact
+quadratic minimiser, ``models`` the networks and their ImageNet weights,
+``data`` datasets and input pipelines, ``plots`` pictures and figures,
+``tools`` command-line tools. docs/architecture.md maps each to the paper.
 """
 
 __version__ = "0.1.0"

@@ -5,16 +5,21 @@
   ``batch_stats``, ``opt_state``, ``step``, ``rng``; see
   :mod:`potts_jax.train`) and the grain data iterator's position, saved
   together, every ``save_every`` steps and on request (SIGTERM, the last
-  step). Saves are synchronous and atomic (Orbax writes into a temporary
-  directory and renames it when complete), so a run killed at any moment
-  leaves its last completed checkpoint readable. :meth:`Checkpointer.restore_latest`
-  resumes from the newest readable checkpoint; a newest checkpoint that cannot
-  be read (truncated, corrupt) is moved aside to ``DIR/<step>.unreadable``
-  with a warning and the previous one is used.
+  step). Saves are synchronous and atomic: Orbax writes
+  ``DIR/<step>.orbax-checkpoint-tmp``, then ``commit_success.txt`` into it,
+  and renames it to ``DIR/<step>`` (on GCS the marker alone commits); only
+  committed steps are listed, so a save cut off at any moment is ignored (and
+  removed when the directory is next opened). A state holding NaN or inf is
+  never written (:class:`NonFiniteStateError`), a failed write raises
+  :class:`CheckpointWriteError`, old checkpoints are deleted only after a
+  newer one is committed: the newest finite checkpoint is always kept.
+  :meth:`Checkpointer.restore_latest` resumes from the newest readable one;
+  one that cannot be read (truncated, corrupt) or holds NaN or inf is moved
+  to ``DIR/<step>.unreadable`` with a warning and the previous one is used.
 * :func:`restore_model`: the ``params`` and ``batch_stats`` of a run's newest
   checkpoint copied into a model (stage 2 starts from stage 1).
 * :func:`save_arrays` / :func:`restore_arrays`: a nested dict of arrays
-  (converted ImageNet weights, :mod:`potts_jax.pretrained`).
+  (converted ImageNet weights, :mod:`potts_jax.models.pretrained`).
 
 The state is saved as host numpy arrays (one copy of the replicated state,
 written by process 0); the data iterator's state by every process (one file
@@ -24,9 +29,11 @@ on ``shard_map`` vs ``pmap``: it restores onto any of them.
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
 import re
+import shutil
 import signal
 import threading
 from typing import Any
@@ -38,15 +45,38 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from potts_jax import faults
 from potts_jax import parallel
-
 STATE = "state"
 DATA = "data"
+
+
+class NonFiniteStateError(ValueError):
+  """A state holding NaN or inf was to be saved; nothing was written."""
+
+
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (full disk, permissions, ...)."""
 
 
 def _host_arrays(tree: Any) -> Any:
   """One host copy (numpy) of a replicated tree of (possibly global) arrays."""
   return jax.tree.map(np.asarray, parallel.local_copy(tree))
+
+
+class _FaultyCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
+  """Orbax's commit by rename with the fault points of the checkpoint
+  (:mod:`potts_jax.faults`; used only while ``POTTS_JAX_FAULT`` is set)."""
+
+  async def finalize(self, *args, **kwargs):
+    name = self.get_final().name  # An item (state, then data), then the step.
+    if name == STATE:
+      faults.maybe_fail("checkpoint_write")
+    elif name.isdigit():
+      faults.maybe_fail("checkpoint_commit")
+      faults.maybe_fail("checkpoint_write_error", OSError(
+          errno.ENOSPC, "No space left on device (injected)", str(self.get())))
+    return await super().finalize(*args, **kwargs)
 
 
 class Checkpointer:
@@ -67,7 +97,8 @@ class Checkpointer:
 
   Args:
     directory: the checkpoint directory (created).
-    keep: how many of the newest checkpoints to keep (older ones are deleted).
+    keep: how many of the newest checkpoints to keep; older ones are deleted
+      once a newer one is committed (never the newest).
     save_every: :meth:`save` writes when ``step % save_every == 0`` (or when
       forced); 0 saves only when forced.
   """
@@ -79,13 +110,17 @@ class Checkpointer:
     if save_every < 0:
       raise ValueError(f"checkpoint_every must be >= 0, got {save_every}")
     self.directory = os.path.abspath(os.fspath(directory))
-    self.save_every = int(save_every)
+    self.save_every, self.keep = int(save_every), int(keep)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            max_to_keep=None, create=True, enable_async_checkpointing=False,
+            temporary_path_class=_FaultyCommit if faults.active() else None),
         item_handlers={STATE: ocp.StandardCheckpointHandler(),
                        DATA: grain.checkpoint.CheckpointHandler()})
+    if jax.process_index() == 0:  # Saves cut off before their commit.
+      for stale in pathlib.Path(self.directory).glob("*.orbax-checkpoint-tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
     self._sigterm = threading.Event()
     self._previous_handler = None
 
@@ -105,7 +140,8 @@ class Checkpointer:
 
     Every process must call it (Orbax synchronises them). It writes when
     ``force`` or when ``step`` is a multiple of ``save_every``, and never
-    twice for one step.
+    twice for one step. Once the checkpoint is committed, all but the
+    ``keep`` newest are deleted; a save that raises deletes nothing.
 
     Args:
       step: the number of optimiser steps taken (the state's ``step``).
@@ -115,15 +151,38 @@ class Checkpointer:
 
     Returns:
       Whether a checkpoint was written.
+
+    Raises:
+      NonFiniteStateError: NaN or inf in the state, naming the step and the
+        arrays (nothing is written).
+      CheckpointWriteError: the write failed, naming the directory.
     """
     if not (force or self.due(step)) or step in self._manager.all_steps():
       return False
-    self._manager.save(
-        int(step), force=True,
-        args=ocp.args.Composite(**{
-            STATE: ocp.args.StandardSave(_host_arrays(state)),
-            DATA: grain.checkpoint.CheckpointSave(iterator)}))
-    self._manager.wait_until_finished()
+    host, steps = _host_arrays(state), self.all_steps()
+    kept = (f"the newest checkpoint, {steps[-1]}, is unchanged" if steps
+            else "there is no earlier checkpoint")
+    if bad := faults.nonfinite_leaves(host):
+      raise NonFiniteStateError(
+          f"refusing to save checkpoint {step} in {self.directory}: NaN or "
+          f"inf in {len(bad)} arrays of the state: {'; '.join(bad[:8])}"
+          f"{'; ...' * (len(bad) > 8)}. Nothing was written; {kept} (the "
+          "training diverged: lower optim.lr or check the inputs)")
+    try:
+      self._manager.save(
+          int(step), force=True,
+          args=ocp.args.Composite(**{
+              STATE: ocp.args.StandardSave(host),
+              DATA: grain.checkpoint.CheckpointSave(iterator)}))
+      self._manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointWriteError(
+          f"could not write checkpoint {step} to {self.directory} "
+          f"({type(e).__name__}: {e}); {kept} (free disk space or fix the "
+          "permissions, then restart: the run resumes from the newest)") from e
+    for old in self.all_steps()[:-self.keep]:
+      if old != step:  # Never the one just committed.
+        self._manager.delete(old)
     logging.info("saved checkpoint %d in %s", step, self.directory)
     return True
 
@@ -137,14 +196,13 @@ class Checkpointer:
 
     Returns:
       The restored state as host numpy arrays, or None when the directory
-      holds no checkpoint.
+      holds no committed checkpoint.
 
     Raises:
       RuntimeError: naming the directory when checkpoints exist but none can
         be read.
     """
-    steps = self.all_steps()
-    template = _host_arrays(state)
+    steps, template = self.all_steps(), _host_arrays(state)
     for step in reversed(steps):
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{
@@ -152,6 +210,9 @@ class Checkpointer:
             DATA: grain.checkpoint.CheckpointRestore(iterator)}))[STATE]
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
+        continue
+      if bad := faults.nonfinite_leaves(restored):
+        self._set_aside(step, NonFiniteStateError("; ".join(bad[:8])))
         continue
       if int(restored["step"]) != step:
         raise RuntimeError(
@@ -186,11 +247,8 @@ class Checkpointer:
   # Preemption.
 
   def install_sigterm_handler(self) -> None:
-    """On SIGTERM, :meth:`preemption_requested` turns True (main thread only).
-
-    The loop then saves the current step and stops. The previous handler is
-    put back by :meth:`close`.
-    """
+    """On SIGTERM, :meth:`preemption_requested` turns True (main thread only;
+    the loop then saves and stops; :meth:`close` puts the old handler back)."""
     if threading.current_thread() is not threading.main_thread():
       logging.warning("not the main thread: SIGTERM handler not installed")
       return
@@ -229,7 +287,9 @@ def find_checkpoint(path: str | os.PathLike) -> pathlib.Path:
   """The newest train-state checkpoint at or under ``path``.
 
   ``path`` may be a run's workdir (holding ``checkpoints/``), a checkpoint
-  directory of :class:`Checkpointer`, or one step's directory.
+  directory of :class:`Checkpointer`, or one step's directory. Only committed
+  steps count (``<step>``; not the ``<step>.orbax-checkpoint-tmp`` of a save
+  cut off, nor a ``<step>.unreadable`` set aside).
 
   Returns:
     The step directory (holding ``state/``).
@@ -334,6 +394,6 @@ def restore_arrays(directory: str | os.PathLike) -> dict[str, Any]:
     raise FileNotFoundError(
         f"no checkpoint at {path} (expected a directory written by "
         "potts_jax.checkpointing.save_arrays, e.g. by "
-        "`python -m potts_jax.pretrained convert`)")
+        "`python -m potts_jax.models.pretrained convert`)")
   with ocp.StandardCheckpointer() as checkpointer:
     return checkpointer.restore(path)

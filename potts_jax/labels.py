@@ -1,4 +1,4 @@
-"""Label codes (ARCHITECTURE §2) and the pixel masks derived from them.
+"""Label codes and the pixel masks derived from them.
 
 ``labels`` ``[B, H, W]`` int32 hold a class ``0..K-1`` on scribbled (or
 ground-truth) pixels, :data:`UNLABELED` on pixels without a label and

@@ -26,7 +26,7 @@ as one device would compute it, however the scribbled pixels are spread over the
 devices. (A ``pmean`` of per-device means weights a device's pixels by the
 inverse of its own count instead.) ``axis_name=None`` is the plain mean.
 
-Loss normalisation (``config.loss_normalization``, :func:`normalization_scale`):
+Loss normalisation (``config.loss.normalization``, :func:`normalization_scale`):
 the losses here are pixel means (``pixel_mean``). The paper's code lineage
 (rloss / pytorch-deeplab-xception, ``SegmentationLosses(batch_average=True)``
 and the DenseCRF loss) divides every term once more by the batch size B
@@ -37,16 +37,15 @@ train step multiplies the whole loss by :func:`normalization_scale` of the
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
-from potts_jax import bilateral
+from potts_jax.dense import bilateral
 from potts_jax import labels as label_codes
 from potts_jax import neighborhoods
 from potts_jax import potts
-
 Array = jnp.ndarray
 
 
@@ -196,16 +195,9 @@ def regularized_loss(
     logits: Array,
     image: Array,
     labels: Array,
+    energy: Any,
     *,
-    relaxation: str = "cd",
-    neighborhood: str = "nn4",
-    eta: float = 0.3,
-    lam: float = 6.0,
-    sigma_rgb: float = 9.0,
     axis_name: str | None = None,
-    sigma_xy: float = 100.0,
-    scale_factor: float = 1.0,
-    lattice_capacity: int | None = None,
 ) -> Array:
   """The regularised loss of paper eq. 4, optimised directly by the network.
 
@@ -218,7 +210,7 @@ def regularized_loss(
   The Potts term is the sum over the pairs of the neighbourhood exactly as
   the solver's (:func:`potts_jax.solver.energy`): for ``nn4`` / ``nn8`` the
   grid pairs of valid pixels (:func:`potts_jax.neighborhoods.grid_energy`);
-  for ``dense``, :func:`potts_jax.bilateral.dense_energy` (its pair
+  for ``dense``, :func:`potts_jax.dense.bilateral.dense_energy` (its pair
   convention; ``bl`` and ``q`` only). Hence, for the same ``λ``, σ and
   batch::
 
@@ -234,40 +226,37 @@ def regularized_loss(
     logits: ``[B, H, W, K]`` network logits.
     image: ``[B, H, W, 3]`` RGB in 0..255.
     labels: ``[B, H, W]`` int.
-    relaxation: Potts relaxation name.
-    neighborhood: ``nn4``, ``nn8`` or ``dense``.
-    eta, lam, sigma_rgb: weights and colour bandwidth, as the solver's.
+    energy: the energy's parameters, a
+      :class:`potts_jax.solver.EnergyParams` (relaxation, neighbourhood, η,
+      λ, σ_rgb, and σ_xy, scale factor, lattice capacity of ``dense``; its
+      cross-entropy is not used: the η term is the entropy H(σ)).
     axis_name: see :func:`partial_cross_entropy` (``|U|`` counted globally
       too, so the loss is that of the global batch).
-    sigma_xy: spatial bandwidth of ``dense`` in pixels.
-    scale_factor: static downscaling of ``dense``
-      (:func:`potts_jax.bilateral.prepare`).
-    lattice_capacity: static lattice slots per image of ``dense`` (``capacity``
-      of :func:`potts_jax.bilateral.prepare`); None is the bound 6N.
 
   Returns:
     Scalar loss.
   """
+  e = energy
   sigma = jax.nn.softmax(logits, axis=-1)
-  if neighborhoods.check_neighborhood(neighborhood) == "dense":
+  capacity = e.lattice_capacity or None
+  if neighborhoods.check_neighborhood(e.neighborhood) == "dense":
     graph = bilateral.prepare(
-        jax.lax.stop_gradient(image), labels, sigma_xy=sigma_xy,
-        sigma_rgb=sigma_rgb, scale_factor=scale_factor,
-        capacity=lattice_capacity)
-    if lattice_capacity is not None:  # prepare checks only outside jit.
-      bilateral.check_num_points(graph.lattice.num_points, lattice_capacity,
+        jax.lax.stop_gradient(image), labels, sigma_xy=e.sigma_xy,
+        sigma_rgb=e.sigma_rgb, scale_factor=e.scale_factor, capacity=capacity)
+    if capacity is not None:  # prepare checks only outside jit.
+      bilateral.check_num_points(graph.lattice.num_points, capacity,
                                  graph.mask[0].size)
-    potts_sum = jnp.sum(bilateral.dense_energy(sigma, graph, relaxation))
+    potts_sum = jnp.sum(bilateral.dense_energy(sigma, graph, e.relaxation))
   else:
     weights = neighborhoods.affinities(
-        image, labels, neighborhood=neighborhood, sigma_rgb=sigma_rgb
+        image, labels, neighborhood=e.neighborhood, sigma_rgb=e.sigma_rgb
     )
     potts_sum = jnp.sum(neighborhoods.grid_energy(
-        sigma, weights, potts.relaxation(relaxation)))
+        sigma, weights, potts.relaxation(e.relaxation)))
   unlabeled = label_codes.unlabeled(labels)
   num_unlabeled = jnp.maximum(_count(unlabeled, axis_name), 1.0)
   return (
       partial_cross_entropy(logits, labels, axis_name=axis_name)
-      + (eta * jnp.sum(entropy(logits) * unlabeled.astype(logits.dtype))
-         + lam * potts_sum) / num_unlabeled
+      + (e.eta * jnp.sum(entropy(logits) * unlabeled.astype(logits.dtype))
+         + e.lam * potts_sum) / num_unlabeled
   )

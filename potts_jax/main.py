@@ -4,10 +4,12 @@ r"""Command-line entry point: ``python -m potts_jax.main``.
 
   python -m potts_jax.main --config=configs/demo.py --workdir=/tmp/demo
   python -m potts_jax.main --config=configs/voc.py:method=soft_sl,relaxation=cd \
-      --workdir=runs/voc_cd --config.batch_size=16
+      --workdir=runs/voc_cd --config.input.batch_size=16
 
 ``--config`` is a config file (``get_config(arg)``, the text after ``:`` is
-``arg``), ``--config.KEY=VALUE`` overrides any key. Every host of a multi-host
+``arg``), ``--config.KEY=VALUE`` overrides any key by its dotted path
+(``--config.input.data_dir=DIR``, ``--config.energy.lam=12``; the sections
+are listed in ``configs/common.py``). Every host of a multi-host
 job runs the same command; ``jax.distributed.initialize()`` is called here
 (and nowhere else) when the environment names a cluster
 (:func:`potts_jax.parallel.initialize_distributed`). The run writes
@@ -29,7 +31,6 @@ from absl import logging
 from ml_collections import config_flags
 
 from potts_jax import xla_flags
-
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file (configs/NAME.py[:variant,...]).",
     lock_config=True)
@@ -51,6 +52,7 @@ def main(argv):
   # prefer_threaded_cpu_loops() (in __main__ below) set XLA_FLAGS.
   import jax  # pylint: disable=g-import-not-at-top
   from potts_jax import parallel  # pylint: disable=g-import-not-at-top
+  from potts_jax import steps  # pylint: disable=g-import-not-at-top
   from potts_jax import train  # pylint: disable=g-import-not-at-top
 
   parallel.initialize_distributed()
@@ -66,8 +68,15 @@ def main(argv):
                jax.device_count(), jax.process_count())
   try:
     record = train.train_and_evaluate(config, workdir)
-  except FileNotFoundError as e:  # e.g. a dataset that is not prepared.
+  except (FileNotFoundError, ValueError, OSError, steps.NonFiniteError) as e:
+    # A dataset that is not prepared, a bad config value, a failed save, a
+    # diverged run: one line naming it, and a non-zero exit.
     logging.error("%s", e)
+    if jax.process_count() > 1:
+      # Stop at once (no shutdown barrier): the other processes see this
+      # one's heartbeat stop and stop too (parallel.initialize_distributed).
+      print(f"error: {e}", file=sys.stderr, flush=True)
+      os._exit(1)  # pylint: disable=protected-access
     sys.exit(f"error: {e}")
   if record:  # Every process prints the same (global) numbers.
     summary = {k: record[k] for k in ("step", "miou", "pixel_accuracy",

@@ -2,7 +2,7 @@
 
 * :func:`confusion_matrix` — a jittable ``[K, K]`` confusion matrix of one
   batch (rows: ground truth, columns: prediction), ignoring every label outside
-  ``0..K-1`` (255 unlabeled / ignore, 254 padding, ARCHITECTURE §2).
+  ``0..K-1`` (255 unlabeled / ignore, 254 padding).
 * :class:`ConfusionMatrix` — host-side (numpy int64) accumulation over a whole
   split; :func:`summarize` turns the matrix into mIoU, per-class IoU, pixel
   accuracy and mean class accuracy.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -35,6 +34,8 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from potts_jax import files
 
 
 def confusion_matrix(predictions: jax.Array, labels: jax.Array,
@@ -178,22 +179,9 @@ def write_metrics_json(path: str | os.PathLike, record: Mapping[str, Any]
   path = os.fspath(path)
   if os.path.isdir(path):
     path = os.path.join(path, "metrics.json")
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   text = json.dumps(_to_json(dict(record)), indent=2, sort_keys=True,
                     allow_nan=False)
-  fd, tmp = tempfile.mkstemp(prefix=".metrics.", suffix=".json.tmp",
-                             dir=directory)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  files.atomic_write(path, lambda f: f.write((text + "\n").encode()))
   return path
 
 

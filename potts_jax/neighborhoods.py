@@ -21,7 +21,7 @@ a sum over unordered pairs, each counted once::
 so on ``nn4`` a pixel takes part in up to 4 pairs (its right, lower, left
 and upper neighbours; the last two are the pairs of the pixels to its left
 and above) and its Potts gradient is ``λ Σ_{j∈N(i)} w_ij ∂P/∂y_i`` over
-those 4 neighbours. The dense neighbourhood (:mod:`potts_jax.bilateral`)
+those 4 neighbours. The dense neighbourhood (:mod:`potts_jax.dense.bilateral`)
 follows the same convention: ``Σ_{i<j}``, half of the sum over ordered
 pairs ``i ≠ j``. λ therefore means the same on ``nn4``, ``nn8`` and
 ``dense``. The configs read the paper's λ = 6 (4-NN) in this convention
@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 
 from potts_jax import labels as label_codes
-
 Array = jnp.ndarray
 
 #: Largest offset a grid neighbourhood uses (the zero border of shifts).
@@ -67,7 +66,7 @@ def check_name(name: str) -> str:
 
   Raises:
     NotImplementedError: for ``dense``, which has no grid offsets (it lives
-      in :mod:`potts_jax.bilateral`; the solver and the losses accept it).
+      in :mod:`potts_jax.dense.bilateral`; the solver and the losses accept it).
     ValueError: for an unknown name.
   """
   if name == "dense":
@@ -75,7 +74,7 @@ def check_name(name: str) -> str:
         "neighborhood='dense' is not a grid neighbourhood: the grid "
         "functions (affinities, pair_mask, grid_energy, quadratic.solve_exact) "
         "take 'nn4' or 'nn8'; dense Potts energies are in "
-        "potts_jax/bilateral.py (solver.solve, solver.energy and "
+        "potts_jax/dense/bilateral.py (solver.solve, solver.energy and "
         "losses.regularized_loss accept neighborhood='dense')"
     )
   check_neighborhood(name)

@@ -18,12 +18,18 @@ Both compute the same numbers; the training loop moves values in and out only
 through :meth:`DataParallel.replicate`, :meth:`DataParallel.put_batch` and
 :meth:`DataParallel.unreplicate`, so it is the same code for both. Nothing in
 this module starts ``jax.distributed`` (that is :func:`initialize_distributed`,
-called by ``main()`` only).
+called by ``main()`` only, which also starts the heartbeat thread that stops
+every process when one of them is gone).
 """
 
 from __future__ import annotations
 
+import atexit
+import inspect
 import os
+import sys
+import threading
+import time
 from typing import Any, Callable
 
 from absl import logging
@@ -45,6 +51,44 @@ def _shard_map(fn, **kwargs):
   return shard_map(fn, **kwargs)
 
 
+HEARTBEAT_TIMEOUT_ENV = "POTTS_JAX_HEARTBEAT_TIMEOUT"
+"""Seconds without a heartbeat after which a process counts as gone."""
+SHUTDOWN_TIMEOUT_ENV = "POTTS_JAX_SHUTDOWN_TIMEOUT"
+"""Seconds a finished process waits at exit for the others."""
+DEFAULT_HEARTBEAT_TIMEOUT = 60
+DEFAULT_SHUTDOWN_TIMEOUT = 300
+PEER_GONE_EXIT_CODE = 1
+"""The exit status of a process stopped because another one is gone."""
+_HEARTBEAT_KEY = "potts_jax/heartbeat/"
+
+
+def _seconds(env: str, default: int) -> int:
+  """A whole number of seconds >= 1 from ``env``, else ``default``."""
+  value = os.environ.get(env, "").strip()
+  if not value:
+    return default
+  try:
+    seconds = int(value)
+  except ValueError:
+    raise ValueError(f"{env}={value!r} is not a whole number of seconds"
+                     ) from None
+  if seconds < 1:
+    raise ValueError(f"{env}={value!r}: expected at least 1 second")
+  return seconds
+
+
+def distributed_timeouts() -> dict[str, int]:
+  """``{"heartbeat": s, "shutdown": s}`` from :data:`HEARTBEAT_TIMEOUT_ENV`
+  and :data:`SHUTDOWN_TIMEOUT_ENV` (defaults 60 and 300 seconds).
+
+  Raises:
+    ValueError: naming the variable, when one is not a whole number >= 1.
+  """
+  return {"heartbeat": _seconds(HEARTBEAT_TIMEOUT_ENV,
+                                DEFAULT_HEARTBEAT_TIMEOUT),
+          "shutdown": _seconds(SHUTDOWN_TIMEOUT_ENV, DEFAULT_SHUTDOWN_TIMEOUT)}
+
+
 def initialize_distributed() -> None:
   """``jax.distributed.initialize()`` on multi-host launches, else nothing.
 
@@ -54,24 +98,154 @@ def initialize_distributed() -> None:
   cluster JAX auto-detects (Slurm with several tasks, Cloud TPU pods, Open
   MPI); a single process without one runs as is. On CPU, processes exchange
   collectives through gloo (JAX's default).
+
+  A dead process stops the others within a bounded time, instead of leaving
+  them waiting in a collective or at a barrier forever:
+
+  * ``POTTS_JAX_HEARTBEAT_TIMEOUT`` (seconds, default 60): every process
+    runs a heartbeat thread (:class:`_Heartbeat`) that posts to the
+    coordination service's key-value store every few seconds and reads the
+    others'. When a process has posted nothing for that long (killed, lost
+    its host, or hung so hard that no Python thread runs), each other
+    process logs ``process K of N is gone: ...`` and exits with status
+    :data:`PEER_GONE_EXIT_CODE`. JAX's own heartbeat check, set to twice
+    that time, is the backstop (it aborts the process, naming the task
+    "unhealthy"). When process 0, which runs the coordination service,
+    dies, JAX stops the others at once ("the leader task ... died").
+  * ``POTTS_JAX_SHUTDOWN_TIMEOUT`` (seconds, default 300): how long a
+    process that has finished waits at JAX's shutdown barrier for the
+    others (e.g. for process 0 writing the final figure); past it, JAX
+    aborts every process ("Shutdown barrier has failed").
+
+  Restarting every process with the same command resumes the run from its
+  newest checkpoint.
+
+  Raises:
+    ValueError: a malformed ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID`` or
+      timeout variable, naming it.
   """
   auto = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
           or "TPU_WORKER_HOSTNAMES" in os.environ
           or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1)
-  if "JAX_COORDINATOR_ADDRESS" in os.environ or auto:
-    kwargs = {}
-    for key, env in (("num_processes", "JAX_NUM_PROCESSES"),
-                     ("process_id", "JAX_PROCESS_ID")):
-      if env in os.environ:
-        try:
-          kwargs[key] = int(os.environ[env])
-        except ValueError:
-          raise ValueError(f"{env}={os.environ[env]!r} is not an integer"
-                           ) from None
-    jax.distributed.initialize(**kwargs)
-    logging.info("jax.distributed: process %d of %d, %d local / %d devices",
-                 jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
+  if "JAX_COORDINATOR_ADDRESS" not in os.environ and not auto:
+    return
+  kwargs = {}
+  for key, env in (("num_processes", "JAX_NUM_PROCESSES"),
+                   ("process_id", "JAX_PROCESS_ID")):
+    if env in os.environ:
+      try:
+        kwargs[key] = int(os.environ[env])
+      except ValueError:
+        raise ValueError(f"{env}={os.environ[env]!r} is not an integer"
+                         ) from None
+  timeouts = distributed_timeouts()
+  backstop = {"heartbeat_timeout_seconds": 2 * timeouts["heartbeat"],
+              "shutdown_timeout_seconds": timeouts["shutdown"]}
+  accepted = inspect.signature(jax.distributed.initialize).parameters
+  for name, value in backstop.items():
+    if name in accepted:
+      kwargs[name] = value
+    else:
+      logging.warning("jax %s: jax.distributed.initialize() takes no %s; "
+                      "JAX's default applies", jax.__version__, name)
+  jax.distributed.initialize(**kwargs)
+  state = getattr(getattr(jax, "_src", None), "distributed", None)
+  state = getattr(state, "global_state", None)
+  logging.info("jax.distributed: process %d of %d, %d local / %d devices "
+               "(coordination service: process 0 at %s)",
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(),
+               getattr(state, "coordinator_address", "?"))
+  if getattr(state, "client", None) is None:
+    logging.warning("jax %s: no distributed client found; only JAX's own "
+                    "heartbeat check (%d s) stops this process when another "
+                    "one dies", jax.__version__, 2 * timeouts["heartbeat"])
+    return
+  heartbeat = _Heartbeat(state.client, state.process_id, state.num_processes,
+                         timeouts["heartbeat"], state.coordinator_address)
+  heartbeat.start()
+  # Runs before JAX's own exit handler (registered at its import), which
+  # waits at the shutdown barrier and then stops the service.
+  atexit.register(heartbeat.exiting.set)
+  logging.info("jax.distributed: a process silent for %d s stops the others "
+               "(%s; shutdown barrier %d s, %s)", timeouts["heartbeat"],
+               HEARTBEAT_TIMEOUT_ENV, timeouts["shutdown"],
+               SHUTDOWN_TIMEOUT_ENV)
+
+
+class _Heartbeat(threading.Thread):
+  """Posts this process's heartbeat and stops it when another one is gone.
+
+  Every ``timeout / 10`` seconds (0.5 to 5) it sets the key
+  ``potts_jax/heartbeat/<process>`` of the coordination service to a new
+  count and reads every process's. A process whose count has not changed
+  for ``timeout`` seconds is gone: this one logs which and exits at once
+  (``os._exit``, whatever the main thread is blocked in). It does the same
+  when process 0's coordination service has not answered for ``timeout``
+  seconds. Once this process is exiting (``exiting`` set), the service may
+  stop as the job ends: errors reaching it then end the thread quietly.
+
+  Args:
+    client: JAX's distributed runtime client.
+    process: this process's id; num_processes: how many there are.
+    timeout: seconds of silence after which a process counts as gone.
+    coordinator: the service's address, for the messages.
+  """
+
+  def __init__(self, client: Any, process: int, num_processes: int,
+               timeout: int, coordinator: str | None):
+    super().__init__(name="potts_jax-heartbeat", daemon=True)
+    self.client, self.process, self.num_processes = (client, process,
+                                                     num_processes)
+    self.timeout, self.coordinator = timeout, coordinator
+    self.interval = min(5.0, max(0.5, timeout / 10))
+    self.exiting = threading.Event()
+
+  def run(self) -> None:
+    start = time.monotonic()
+    # Per other process: its last count seen, and since when.
+    last = {p: (None, start) for p in range(self.num_processes)
+            if p != self.process}
+    count, failing_since = 0, None
+    while True:
+      count += 1
+      try:
+        self.client.key_value_set(f"{_HEARTBEAT_KEY}{self.process}",
+                                  str(count), allow_overwrite=True)
+        entries = self.client.key_value_dir_get(_HEARTBEAT_KEY)
+      except Exception as e:  # pylint: disable=broad-except
+        if self.exiting.is_set() or not jax.distributed.is_initialized():
+          return
+        now = time.monotonic()
+        failing_since = failing_since or now
+        if now - failing_since >= self.timeout:
+          self._stop(
+              f"process 0 of {self.num_processes}, the coordination service "
+              f"at {self.coordinator}, is gone or unreachable: no answer "
+              f"for {now - failing_since:.0f} s ({str(e)[:300]})")
+        time.sleep(self.interval)
+        continue
+      failing_since = None
+      now = time.monotonic()
+      counts = {key.rsplit("/", 1)[-1]: value for key, value in entries}
+      for peer, (seen, since) in last.items():
+        value = counts.get(str(peer))
+        if value != seen:
+          last[peer] = (value, now)
+        elif now - since >= self.timeout:
+          self._stop(f"process {peer} of {self.num_processes} is gone: "
+                     f"no heartbeat from it for {now - since:.0f} s")
+      time.sleep(self.interval)
+
+  def _stop(self, reason: str) -> None:
+    logging.error(
+        "%s (limit %d s, %s); stopping process %d of %d too. Restart every "
+        "process with the same command to resume from the newest "
+        "checkpoint.", reason, self.timeout, HEARTBEAT_TIMEOUT_ENV,
+        self.process, self.num_processes)
+    logging.flush()
+    sys.stderr.flush()
+    os._exit(PEER_GONE_EXIT_CODE)  # pylint: disable=protected-access
 
 
 def local_copy(tree: Any) -> Any:

@@ -1,7 +1,7 @@
 """Shared float64 numpy references and random inputs of the test suite.
 
-Every reference below is written straight from the formulas of ARCHITECTURE
-§2-§3 and never calls potts_jax to compute an expected value (it only reads the
+Every reference below is written straight from the paper's formulas
+(docs/architecture.md) and never calls potts_jax to compute an expected value (it only reads the
 documented constant ``potts.EPS`` for :data:`CAP`):
 
   Relaxations P(p, q): bl 1 - pᵀq · q ½‖p - q‖² · nq 1 - pᵀq/(‖p‖‖q‖) ·
@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from potts_jax import potts
-
 RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
 # The relaxations that are infinite at orthogonal one-hots.
 LOG_RELAXATIONS = ("cce", "cd", "lq")

@@ -4,8 +4,6 @@ import numpy as np
 import pytest
 
 from potts_jax.data import augmentation
-
-
 def test_flip_mirrors_image_and_labels_together():
   # A square image the size of the crop, scale 1: the output is the input or
   # its mirror, with labels that are an asymmetric function of the colour.

@@ -6,7 +6,7 @@ photos (``../shared/data/grabcut``), ``y = softmax`` of smooth random logits
 ``E_lattice / E_exact - 1`` measured on 100 crops (40 and 48 px) of all 50
 photos (benchmarks/RESULTS.md, dense section, has the table):
 
-* corrected affinity (potts_jax/bilateral.py): ``q`` -3.3 % .. +8.7 %
+* corrected affinity (potts_jax/dense/bilateral.py): ``q`` -3.3 % .. +8.7 %
   (mean |error| 1.3 %), ``bl`` -2.3 % .. +3.4 % (0.9 %); gradient cosine
   ≥ 0.993;
 * the plain lattice filter (before the correction): ``q`` -11 % .. +42 %,
@@ -23,12 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from potts_jax import bilateral
-from potts_jax import lattice as lattice_lib
+from potts_jax.dense import bilateral
+from potts_jax.dense import lattice as lattice_lib
+from potts_jax.dense import lattice_points
 from potts_jax import solver
 from potts_jax.data import folder
 from potts_jax.data import synthetic
-
 SIGMA_XY, SIGMA_RGB, SIDE = 100.0, 9.0, 40
 
 
@@ -337,7 +337,7 @@ def test_features_too_wide_for_the_keys_are_an_error():
   with pytest.raises(ValueError, match="keys span"):
     lattice_lib.build_lattice(f)
   with pytest.raises(ValueError, match="keys span"):
-    lattice_lib.count_points(f)
+    lattice_points.count_points(f)
   # Inside jit the host check fails the computation with the same message.
   build = jax.jit(lambda f: lattice_lib.build_lattice(f).num_points)
   with pytest.raises(Exception, match="keys span"):

@@ -1,4 +1,4 @@
-"""Tests of potts_jax.data.block_builders (cityscapes_block, ade20k_block).
+"""Tests of potts_jax.data.builders.block_builders (cityscapes_block, ade20k_block).
 
 Miniature Cityscapes and ADE20k trees are built in a temporary folder from
 real CamVid frames of ``shared/data/camvid`` (2 train, 2 val): CamVid classes
@@ -18,9 +18,8 @@ import pytest
 from PIL import Image
 import tensorflow_datasets as tfds
 
-from potts_jax.data import block_builders
-from potts_jax.data import scribbles
-
+from potts_jax.data.builders import block_builders
+from potts_jax.data import synthetic_scribbles
 CITYSCAPES = "cityscapes_block"
 ADE20K = "ade20k_block"
 TRAIN = ("0001TP_006690", "0001TP_006720")
@@ -245,12 +244,12 @@ def test_scribbles_are_deterministic_by_seed(prepared, tmp_path):
   other = _scribbles(tmp_path, dataset, "block20_seed7")
   for name, out in other.items():
     assert not np.array_equal(out, block20[name])
-  # The documented rule: scribbles.block_scribbles of the mask with the
-  # example's seed (seed * 1_000_003 + crc32(name)) % 2**31, computed here.
+  # The documented rule: synthetic_scribbles.block_scribbles of the mask with
+  # the example's seed (seed * 1_000_003 + crc32(name)) % 2**31, computed here.
   masks = {n: m for split in expected.values() for n, (_, m) in split.items()}
   for seed, outs in ((0, block20), (7, other)):
     for name, out in outs.items():
-      np.testing.assert_array_equal(out, scribbles.block_scribbles(
+      np.testing.assert_array_equal(out, synthetic_scribbles.block_scribbles(
           masks[name], 0.2, block=32,
           seed=(seed * 1_000_003 + zlib.crc32(name.encode())) % 2**31))
 

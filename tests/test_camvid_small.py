@@ -41,9 +41,10 @@ def _keys(d, prefix=""):
 def test_every_sweep_variant_loads(name):
   c = camvid_small.get_config(sweep.RUNS[name])
   assert _keys(c) == _keys(common.get_config())
-  assert c.dataset == "folder" and c.folder_downscale == 2
-  assert c.folder_root == str(REPO.parent / "shared" / "data" / "camvid")
-  assert c.eval_split == "test" and c.num_classes == 11
+  assert c.input.dataset == "folder" and c.input.folder_downscale == 2
+  assert c.input.folder_root == str(REPO.parent / "shared" / "data" /
+                                    "camvid")
+  assert c.eval.split == "test" and c.input.num_classes == 11
   assert c.model.pretrained_dir == str(REPO / "weights" / "mobilenet_v2")
   stage = sweep.RUNS[name].split(",")[0]
   long = name.endswith("_long")
@@ -51,18 +52,22 @@ def test_every_sweep_variant_loads(name):
   assert c.total_steps == {
       "stage=1": camvid_small.STAGE1_STEPS, "stage=2": steps2,
       "stage=full": camvid_small.STAGE1_STEPS + steps2}[stage]
-  assert c.full_supervision == name.startswith("full")
+  assert c.input.full_supervision == name.startswith("full")
   fast = name.endswith("_lr10x") or long
-  assert math.isclose(c.lr, 0.0007 if stage == "stage=2" and not fast
+  assert math.isclose(c.optim.lr, 0.0007 if stage == "stage=2" and not fast
                       else 0.007)
+  # The committed runs' training: pixel-mean losses, the selection's energy.
+  assert c.loss.normalization == "pixel_mean"
+  steps.check_config(c)
 
 
 def test_variants_reach_the_config():
   c = camvid_small.get_config(sweep.RUNS["soft_cce_cd_adam_lr10x"])
-  assert (c.solver_method, c.solver_steps, c.relaxation) == ("adam", 80, "cd")
+  assert (c.solver.method, c.solver.num_steps, c.energy.relaxation) == (
+      "adam", 80, "cd")
   assert camvid_small.get_config(sweep.RUNS["soft_cce_q_dense_lr10x"]
-                                 ).neighborhood == "dense"
-  assert camvid_small.get_config("eval=val").eval_split == "val"
+                                 ).energy.neighborhood == "dense"
+  assert camvid_small.get_config("eval=val").eval.split == "val"
   small = camvid_small.get_config("runlocal")
   assert small.total_steps == 3 and small.model.pretrained_dir == ""
   for bad, match in (("stage=both", "stage"), ("solver=lbfgs", "solver"),
@@ -73,20 +78,22 @@ def test_variants_reach_the_config():
 
 
 def test_solver_method_options():
-  c = camvid_small.get_config("solver=adam")
-  assert (steps.solver_options(c)["method"],
-          steps.solver_options(c)["adam_step_size"]) == ("adam", 0.1)
-  c = camvid_small.get_config("solver=adam,neighborhood=dense")
-  first, second = steps.solver_options(c), steps.solver_options(c)
-  assert first["optimizer"] is second["optimizer"]  # No retrace per step.
-  assert "method" not in first
+  _, options = steps.energy_and_options(camvid_small.get_config("solver=adam"))
+  assert (options.method, options.adam_step_size) == ("adam", 0.1)
+  # Adam on the dense neighbourhood too, the solver's own update.
+  c = camvid_small.get_config("solver=adam,neighborhood=dense,relaxation=q")
+  energy, options = steps.energy_and_options(c)
+  assert (options.method, options.optimizer) == ("adam", None)
+  assert steps.energy_and_options(c) == (energy, options)  # No retrace.
+  steps.check_config(c)
   c = camvid_small.get_config("")
-  c.solver_method = "mirror_momentum"
-  assert steps.solver_options(c)["method"] == "mirror_momentum"
-  assert "method" not in steps.solver_options(camvid_small.get_config(""))
-  dense = camvid_small.get_config("neighborhood=dense")
-  assert steps.solver_options(dense)["sigma_xy"] == 25.0
-  assert steps.solver_options(dense)["scale_factor"] == 0.5
+  c.solver.method = "mirror_momentum"
+  assert steps.energy_and_options(c)[1].method == "mirror_momentum"
+  _, options = steps.energy_and_options(camvid_small.get_config(""))
+  assert options.method == "gd"
+  energy, _ = steps.energy_and_options(
+      camvid_small.get_config("neighborhood=dense"))
+  assert (energy.sigma_xy, energy.scale_factor) == (25.0, 0.5)
 
 
 def test_plan_runs_the_core_comparison_first():
@@ -113,16 +120,17 @@ def test_commands_start_from_stage1_with_the_selection(tmp_path, monkeypatch):
   cmd = sweep.command(args, 2, "soft_cce_cd")
   assert "--config.init_from=/r/seed2/stage1" in cmd
   assert "--workdir=/r/seed2/soft_cce_cd" in cmd
-  assert {"--config.eta=0.3", "--config.lam=12.0",
-          "--config.sigma_rgb=5.0"} <= set(cmd)
+  assert {"--config.energy.eta=0.3", "--config.energy.lam=12.0",
+          "--config.energy.sigma_rgb=5.0"} <= set(cmd)
   assert not any("init_from" in a for a in sweep.command(args, 1, "full"))
   # The dense run keeps its committed problem: λ 12 on ordered pairs, i.e.
   # 24 on the unordered pairs that dense energies count now.
   dense = sweep.command(args, 2, "soft_cce_q_dense_lr10x")
-  assert "--config.lam=24.0" in dense and "--config.lam=12.0" not in dense
+  assert ("--config.energy.lam=24.0" in dense
+          and "--config.energy.lam=12.0" not in dense)
   assert sweep.DENSE_LAM_FACTOR == camvid_small.DENSE_LAM_FACTOR == 2.0
-  assert camvid_small.get_config("neighborhood=dense").lam == 24.0
-  assert camvid_small.get_config("").lam == 12.0
+  assert camvid_small.get_config("neighborhood=dense").energy.lam == 24.0
+  assert camvid_small.get_config("").energy.lam == 12.0
 
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
@@ -228,4 +236,4 @@ def test_committed_results_reproduce_byte_for_byte():
 def test_config_holds_the_committed_selection():
   chosen = json.loads((sweep.RESULTS / "selection.json").read_text())["chosen"]
   c = camvid_small.get_config("")
-  assert {k: c[k] for k in chosen} == chosen
+  assert {k: c.energy[k] for k in chosen} == chosen

@@ -27,6 +27,9 @@ from configs import cityscapes  # noqa: E402
 from configs import common  # noqa: E402
 from configs import voc  # noqa: E402
 from configs import voc_r101  # noqa: E402
+from potts_jax import solver  # noqa: E402
+from potts_jax import steps  # noqa: E402
+from potts_jax import train  # noqa: E402
 
 LOSS_VARIANTS = (
     [f"method={m}" for m in ("pce", "gd", "soft_sl", "hard_sl")]
@@ -81,14 +84,24 @@ def test_loads_with_known_keys_only(module, variant):
       assert isinstance(value, (int, float)), key
     else:
       assert isinstance(value, type(default)), (key, value)
-  for stage in c.stages:  # train._stage_configs adds them unlocked.
+  for stage in c.stages:  # Dotted keys (train.with_overrides).
     assert set(stage) <= set(DEFAULTS), set(stage) - set(DEFAULTS)
-    assert stage["method"] in voc.METHODS
-  assert c.batch_size % 4 == 0 or "runlocal" not in variant
-  assert c.method in voc.METHODS
-  assert c.relaxation in voc.RELAXATIONS
-  assert c.neighborhood in voc.NEIGHBORHOODS
+    assert stage["loss.method"] in common.METHODS
+    train.with_overrides(c, stage)
+  assert c.input.batch_size % 4 == 0 or "runlocal" not in variant
+  assert c.loss.method in common.METHODS
+  assert c.energy.relaxation in common.RELAXATIONS
+  assert c.energy.neighborhood in common.NEIGHBORHOODS
   assert c.total_steps > 0 and c.name
+  # What training checks before it starts. The dense filter takes quadratic
+  # relaxations only: the configs without a dense recipe (all but voc's)
+  # keep P_CD there, which training rejects at once, naming the key.
+  if (c.energy.neighborhood == "dense" and c.energy.relaxation not in
+      ("bl", "q") and c.loss.method != "pce"):
+    with pytest.raises(ValueError, match="config.energy.relaxation"):
+      steps.check_config(c)
+  else:
+    steps.check_config(c)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -108,6 +121,10 @@ def test_locked_unknown_variant_and_bad_values_raise(module):
     c.totl_steps = 10  # A typo in a config file fails.
   with pytest.raises(AttributeError):
     c.model.pretrained = "x"
+  with pytest.raises(AttributeError):
+    c.optim.learning_rate = 0.1
+  with pytest.raises(AttributeError):
+    c.lr = 0.1  # The old flat keys are gone.
   with pytest.raises(TypeError):
     c.total_steps = "many"
 
@@ -124,105 +141,125 @@ def _load_with_flags(argv):
 def test_command_line_overrides():
   path = REPO / "configs" / "voc.py"
   c = _load_with_flags([f"--config={path}:stage=1,runlocal",
-                        "--config.lr=0.01", "--config.data_dir=/tmp/tfds",
-                        "--config.model.width=0.5"])
-  assert (c.lr, c.data_dir, c.model.width, c.method) == (
+                        "--config.optim.lr=0.01",
+                        "--config.input.data_dir=/tmp/tfds",
+                        "--config.model.width=0.5",
+                        "--config.solver.warm_start=coarse",
+                        "--config.energy.lattice_capacity=4096",
+                        "--config.eval.pad_to=(64, 64)"])
+  assert (c.optim.lr, c.input.data_dir, c.model.width, c.loss.method) == (
       0.01, "/tmp/tfds", 0.5, "pce")
+  assert (c.solver.warm_start, c.energy.lattice_capacity,
+          tuple(c.eval.pad_to)) == ("coarse", 4096, (64, 64))
   with pytest.raises((AttributeError, flags.Error), match="lrr"):
-    _load_with_flags([f"--config={path}", "--config.lrr=0.01"])
+    _load_with_flags([f"--config={path}", "--config.optim.lrr=0.01"])
+  with pytest.raises((AttributeError, flags.Error), match="solver_steps"):
+    _load_with_flags([f"--config={path}", "--config.solver_steps=5"])
   with pytest.raises(Exception, match="unknown config variant"):
     _load_with_flags([f"--config={path}:nonsense"])
 
 
 def test_voc_is_the_papers_recipe():
   c = voc.get_config()
-  assert (c.dataset, c.dataset_config, c.train_split, c.eval_split) == (
-      "voc_scribble", "xml", "train_aug", "val")
-  assert c.num_classes == 21
+  assert (c.input.dataset, c.input.dataset_config, c.input.train_split,
+          c.eval.split) == ("voc_scribble", "xml", "train_aug", "val")
+  assert c.input.num_classes == 21
   assert (c.model.backbone, c.model.output_stride) == ("mobilenet_v2", 16)
   assert c.model.pretrained_dir == "weights/mobilenet_v2"
-  assert (c.batch_size, c.crop_size) == (12, 513)
+  assert (c.input.batch_size, c.input.crop_size) == (12, 513)
   assert c.total_steps == 52_910 == math.ceil(60 * 10_582 / 12)
-  assert (c.momentum, c.weight_decay, c.poly_power, c.head_lr_mult) == (
+  o = c.optim
+  assert (o.momentum, o.weight_decay, o.poly_power, o.head_lr_mult) == (
       0.9, 5e-4, 0.9, 10.0)
-  assert (c.cross_entropy, c.relaxation, c.neighborhood) == ("cce", "cd",
+  e = c.energy
+  assert (e.cross_entropy, e.relaxation, e.neighborhood) == ("cce", "cd",
                                                              "nn4")
-  assert (c.eta, c.lam, c.sigma_rgb) == (0.3, 6.0, 9.0)
-  assert (c.solver_steps, c.solver_step_size) == (200, 0.075)
-  assert not c.full_supervision and c.eval_scales == (1.0,)
-  assert not c.eval_flip
+  assert (e.eta, e.lam, e.sigma_rgb) == (0.3, 6.0, 9.0)
+  assert (c.solver.num_steps, c.solver.step_size) == (200, 0.075)
+  assert c.solver.method == "gd"
+  assert not c.input.full_supervision and c.eval.scales == (1.0,)
+  assert not c.eval.flip
   # Two stages: pCE at 0.007, then soft SL at 0.0007 from stage 1.
+  # Stage 1 takes the base lr, so --config.optim.lr sets it.
   assert [dict(s) for s in c.stages] == [
-      {"name": "stage1", "method": "pce", "lr": 0.007},
-      {"name": "stage2", "method": "soft_sl", "lr": 0.0007}]
-  s1, s2 = c.stages
-  assert s2["lr"] == pytest.approx(s1["lr"] / 10)
+      {"name": "stage1", "loss.method": "pce"},
+      {"name": "stage2", "loss.method": "soft_sl", "optim.lr": 0.0007}]
+  assert c.optim.lr == 0.007
+  s2 = c.stages[1]
+  assert s2["optim.lr"] == pytest.approx(c.optim.lr / 10)
   assert "init_from" not in s2  # train: stage k starts from stage k - 1.
 
 
 def test_voc_variants():
   one = voc.get_config("stage=1")
-  assert (one.stages, one.method, one.lr) == ((), "pce", 0.007)
+  assert (one.stages, one.loss.method, one.optim.lr) == ((), "pce", 0.007)
   two = voc.get_config("stage=2,method=hard_sl,relaxation=q")
-  assert (two.stages, two.method, two.lr, two.relaxation) == (
-      (), "hard_sl", 0.0007, "q")
-  assert voc.get_config("method=gd").stages[1]["method"] == "gd"
+  assert (two.stages, two.loss.method, two.optim.lr,
+          two.energy.relaxation) == ((), "hard_sl", 0.0007, "q")
+  assert voc.get_config("method=gd").stages[1]["loss.method"] == "gd"
   # Table 5's "no pretrain": soft SL from ImageNet at the stage-1 lr.
   single = voc_r101.get_config("stage=single")
-  assert (single.stages, single.method, single.lr) == ((), "soft_sl", 0.007)
+  assert (single.stages, single.loss.method, single.optim.lr) == (
+      (), "soft_sl", 0.007)
   assert single.model.pretrained_dir == "weights/resnet101"
-  assert not single.get("init_from")
-  assert voc.get_config("length=0.5").dataset_config == "xml_len0.5"
-  assert voc.get_config("length=0").dataset_config == "xml_len0"
+  assert not single.init_from
+  assert voc.get_config("length=0.5").input.dataset_config == "xml_len0.5"
+  assert voc.get_config("length=0").input.dataset_config == "xml_len0"
   with pytest.raises(ValueError, match="length"):
     voc.get_config("length=0.4")
   b16 = voc.get_config("batch=16")
-  assert (b16.batch_size, b16.total_steps) == (16, math.ceil(60 * 10582 / 16))
+  assert (b16.input.batch_size, b16.total_steps) == (
+      16, math.ceil(60 * 10582 / 16))
   assert voc.get_config("pretrained=false").model.pretrained_dir == ""
   local = voc.get_config("runlocal")
-  assert local.total_steps <= 5 and local.solver_steps <= 10
-  assert local.crop_size < 100 and local.model.pretrained_dir == ""
-  assert local.batch_size % 4 == 0 and len(local.stages) == 2
+  assert local.total_steps <= 5 and local.solver.num_steps <= 10
+  assert local.input.crop_size < 100 and local.model.pretrained_dir == ""
+  assert local.input.batch_size % 4 == 0 and len(local.stages) == 2
 
 
 def test_resnet101_and_block_configs():
   r101 = voc_r101.get_config()
   assert (r101.model.backbone, r101.model.pretrained_dir) == (
       "resnet101", "weights/resnet101")
-  assert [s["lr"] for s in r101.stages] == [0.007, 0.0007]
-  assert (r101.batch_size, r101.crop_size, r101.sigma_rgb) == (12, 513, 9.0)
+  assert [s["optim.lr"] for s in r101.stages] == [0.007, 0.0007]
+  assert (r101.input.batch_size, r101.input.crop_size,
+          r101.energy.sigma_rgb) == (12, 513, 9.0)
   for module, dataset, classes, images in (
       (cityscapes, "cityscapes_block", 19, 2_975),
       (ade20k, "ade20k_block", 150, 20_210)):
     c = module.get_config()
-    assert (c.dataset, c.dataset_config, c.num_classes) == (
+    assert (c.input.dataset, c.input.dataset_config, c.input.num_classes) == (
         dataset, "block50", classes)
     assert module.TRAIN_IMAGES == images
-    assert c.sigma_rgb == 3.0  # Paper: 3 for Cityscapes and ADE20k.
-    assert (c.eta, c.lam) == (0.3, 6.0)
-    assert (c.cross_entropy, c.relaxation, c.neighborhood) == (
-        "cce", "cd", "nn4")
-    assert c.model.backbone == "resnet101" and c.batch_size == 12
-    assert c.stages == () and c.method == "soft_sl"  # Single stage.
+    assert c.energy.sigma_rgb == 3.0  # Paper: 3 for Cityscapes and ADE20k.
+    assert (c.energy.eta, c.energy.lam) == (0.3, 6.0)
+    assert (c.energy.cross_entropy, c.energy.relaxation,
+            c.energy.neighborhood) == ("cce", "cd", "nn4")
+    assert c.model.backbone == "resnet101" and c.input.batch_size == 12
+    assert c.stages == () and c.loss.method == "soft_sl"  # Single stage.
     assert c.total_steps == math.ceil(module.EPOCHS * images / 12)
-    assert module.get_config("block=20").dataset_config == "block20"
+    assert module.get_config("block=20").input.dataset_config == "block20"
     both = module.get_config("stage=both")
-    assert [s["lr"] for s in both.stages] == [c.lr, pytest.approx(c.lr / 10)]
-  assert cityscapes.get_config().crop_size == 769
+    assert [s["optim.lr"] for s in both.stages] == [
+        c.optim.lr, pytest.approx(c.optim.lr / 10)]
+  assert cityscapes.get_config().input.crop_size == 769
+  assert ade20k.get_config().input.crop_size == 513
 
 
 def test_camvid_reads_the_shared_folder():
   c = camvid.get_config()
-  assert c.dataset == "folder" and c.num_classes == 11
-  assert c.folder_root == str(REPO.parent / "shared" / "data" / "camvid")
-  assert c.scribble_set == "synthetic"
+  assert c.input.dataset == "folder" and c.input.num_classes == 11
+  assert c.input.folder_root == str(REPO.parent / "shared" / "data" /
+                                    "camvid")
+  assert c.input.scribble_set == "synthetic"
   assert c.total_steps == math.ceil(60 * 367 / 12)
-  assert [s["lr"] for s in c.stages] == [0.007, 0.0007]
-  assert camvid.get_config("eval=val").eval_split == "val"
+  assert [s["optim.lr"] for s in c.stages] == [0.007, 0.0007]
+  assert camvid.get_config("eval=val").eval.split == "val"
   c2 = _load_with_flags([f"--config={REPO / 'configs' / 'camvid.py'}",
-                         "--config.folder_root=/data/camvid",
-                         "--config.data_dir=/tmp/tfds"])
-  assert (c2.folder_root, c2.data_dir) == ("/data/camvid", "/tmp/tfds")
+                         "--config.input.folder_root=/data/camvid",
+                         "--config.input.data_dir=/tmp/tfds"])
+  assert (c2.input.folder_root, c2.input.data_dir) == ("/data/camvid",
+                                                       "/tmp/tfds")
 
 
 @pytest.mark.parametrize("module,expected", [
@@ -278,9 +315,9 @@ def test_sweep_dry_run_prints_the_grids(capsys):
 
 def test_sweep_options(capsys):
   lines = _dry_run(capsys, "--root", "R", "--tables", "4", "--dense",
-                   "--variant", "batch=16", "--", "--config.data_dir=/d")
+                   "--variant", "batch=16", "--", "--config.input.data_dir=/d")
   assert len(lines) == 1 + 6
-  assert all(l.endswith("--config.data_dir=/d") for l in lines)
+  assert all(l.endswith("--config.input.data_dir=/d") for l in lines)
   assert all(",batch=16 " in l for l in lines)
   assert sum("neighborhood=dense" in l for l in lines) == 3
   assert len(_dry_run(capsys, "--tables", "3", "--lengths", "1.0,1")) == 7
@@ -311,31 +348,98 @@ def test_sweep_run_skips_finished_and_stops_on_failure(tmp_path, capsys,
 def test_eval_protocols_are_set_explicitly():
   from configs import camvid_small  # pylint: disable=g-import-not-at-top
   from configs import demo  # pylint: disable=g-import-not-at-top
-  from potts_jax import train  # pylint: disable=g-import-not-at-top
+  from potts_jax import evaluation  # pylint: disable=g-import-not-at-top
   for module in (voc, voc_r101):
     c = module.get_config("")
-    assert (c.eval_protocol, c.eval_crop_size, tuple(c.eval_pad_to)) == (
+    assert (c.eval.protocol, c.eval.crop_size, tuple(c.eval.pad_to)) == (
         "full", 513, (512, 512))
   # Their frames all have one size: full pads nothing, as before.
-  assert camvid_small.get_config("").eval_protocol == "full"
-  assert demo.get_config("").eval_protocol == "full"
-  assert common.get_config().eval_protocol in train.EVAL_PROTOCOLS
+  assert camvid_small.get_config("").eval.protocol == "full"
+  assert demo.get_config("").eval.protocol == "full"
+  assert common.get_config().eval.protocol in evaluation.EVAL_PROTOCOLS
 
 
 def test_voc_dense_is_the_papers_dn_self_labeling_loss():
   """neighborhood=dense: H_CCE + P_Q, σ_xy 100, σ_rgb 9, λ 6e-3 (the 4-NN
   λ 6 per unit of a pixel's affinity; voc.set_dense), runnable as is."""
-  from potts_jax import solver_checks  # pylint: disable=g-import-not-at-top
+  from potts_jax.solver import checks  # pylint: disable=g-import-not-at-top
   for variant in ("neighborhood=dense", "neighborhood=dense,relaxation=q",
                   "neighborhood=dense,stage=2,method=hard_sl"):
-    c = voc.get_config(variant)
-    assert (c.relaxation, c.cross_entropy, c.sigma_xy, c.sigma_rgb) == (
+    e = voc.get_config(variant).energy
+    assert (e.relaxation, e.cross_entropy, e.sigma_xy, e.sigma_rgb) == (
         "q", "cce", 100.0, 9.0), variant
-    assert (c.lam, c.eta, c.dense_scale_factor) == (6e-3, 0.3, 0.5), variant
-    solver_checks.check_options(c.relaxation, c.cross_entropy,
-                                c.neighborhood, c.solver_steps, "auto")
-  assert voc.get_config("neighborhood=dense,relaxation=bl").relaxation == "bl"
+    assert (e.lam, e.eta, e.scale_factor) == (6e-3, 0.3, 0.5), variant
+    checks.check(*steps.energy_and_options(voc.get_config(variant)))
+  assert voc.get_config(
+      "neighborhood=dense,relaxation=bl").energy.relaxation == "bl"
   assert voc.DENSE_LAM == 6e-3
   # The grid recipe is untouched.
-  c = voc.get_config("")
-  assert (c.relaxation, c.lam, c.dense_scale_factor) == ("cd", 6.0, 1.0)
+  e = voc.get_config("").energy
+  assert (e.relaxation, e.lam, e.scale_factor) == ("cd", 6.0, 1.0)
+
+
+def test_energy_and_solver_sections_are_the_solvers_defaults():
+  """Each solver default is written once, in potts_jax/solver/options.py."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  c = common.get_config()
+  energy, options = steps.energy_and_options(c)
+  assert energy == dataclasses.replace(solver.EnergyParams(),
+                                       lattice_capacity=0)
+  assert options == dataclasses.replace(solver.SolverOptions(), warm_start="")
+  assert set(c.solver) == set(solver.options.SOLVER_FIELDS) - {"optimizer"}
+  assert set(c.energy) == set(solver.options.ENERGY_FIELDS)
+  # What the solver runs on them: the same as on its own defaults.
+  assert solver.checks.check(energy, options) == solver.checks.check(
+      solver.EnergyParams(), solver.SolverOptions())
+
+
+def test_stage_overrides_use_dotted_keys_and_reject_unknown_ones():
+  c = voc.get_config("runlocal")
+  stage = train.with_overrides(c, {"loss.method": "gd", "optim.lr": 0.5,
+                                   "total_steps": 7})
+  assert (stage.loss.method, stage.optim.lr, stage.total_steps) == (
+      "gd", 0.5, 7)
+  assert (c.loss.method, c.optim.lr) == ("pce", 0.007)  # A copy.
+  with pytest.raises(AttributeError):
+    stage.optim.lrr = 1.0  # Locked.
+  with pytest.raises(ValueError, match="'method'.*did you mean 'loss.method'"):
+    train.with_overrides(c, {"method": "gd"})
+  with pytest.raises(ValueError, match="'optim.lrr'"):
+    train.with_overrides(c, {"optim.lrr": 0.1})
+  with pytest.raises(ValueError, match="'lr'.*'optim.lr'"):
+    train.with_overrides(c, {"lr": 0.1})
+  with c.unlocked():
+    c.stages = ({"name": "s1", "optim.lr": 0.1},
+                {"name": "s2", "solver.num_stepz": 3})
+  with pytest.raises(ValueError, match="stage 's2'.*'solver.num_stepz'"):
+    train.train_and_evaluate(c, "/nonexistent")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("solver.warm_start", "fine", "config.solver.warm_start"),
+    ("energy.lattice_capacity", -1, "config.energy.lattice_capacity"),
+    ("solver.kernel", "cuda", "config.solver.kernel"),
+    ("loss.normalization", "sum", "config.loss.normalization"),
+])
+def test_bad_solver_options_name_the_key_before_training(key, value, match):
+  """train checks every stage first: stage 2's error before stage 1 runs."""
+  c = voc.get_config("runlocal")
+  section, name = key.split(".")
+  with c.unlocked():
+    c.stages = (c.stages[0], dict(c.stages[1], **{key: value}))
+  with pytest.raises(ValueError, match=f"stage 'stage2': {match}"):
+    train.train_and_evaluate(c, "/nonexistent")
+  c = voc.get_config("runlocal,stage=2")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    steps.check_config(c)
+
+
+def test_configs_share_helpers_only_through_common():
+  """No config imports another, but voc_r101 (a variant of voc)."""
+  import re  # pylint: disable=g-import-not-at-top
+  for path in sorted((REPO / "configs").glob("*.py")):
+    imported = set(re.findall(r"^from configs import (\w+)",
+                              path.read_text(), re.M))
+    allowed = {"common"} | ({"voc"} if path.stem == "voc_r101" else set())
+    assert imported <= allowed, (path.name, imported)

@@ -6,8 +6,6 @@ from PIL import Image
 
 from potts_jax.data import folder
 from potts_jax.data import synthetic
-
-
 def _write_dataset(root, size=(40, 30)):
   for sub in ("images", "masks", "scribbles/set1"):
     (root / sub).mkdir(parents=True)

@@ -5,10 +5,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from potts_jax import demo
-from potts_jax import viz
-
-
+from potts_jax.tools import demo
+from potts_jax.plots import viz
 def test_demo_writes_figure_and_improves_on_the_unary(tmp_path):
   summary = demo.run(str(tmp_path), steps=200)
   with open(tmp_path / "demo.json") as f:

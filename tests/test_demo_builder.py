@@ -1,15 +1,14 @@
-"""Tests of potts_jax.data.demo_builder (the procedural ``demo`` dataset)."""
+"""Tests of potts_jax.data.builders.demo_builder (the procedural ``demo`` dataset)."""
 
 import pickle
 
 import numpy as np
 import pytest
 
-from potts_jax.data import demo_builder
+from potts_jax.data.builders import demo_builder
 from potts_jax.data import demo_scenes
 from potts_jax.data import pipeline
-from potts_jax.data import scribbles as scribbles_lib
-
+from potts_jax.data import synthetic_scribbles as scribbles_lib
 SMALL = dict(train_size=12, val_size=4)
 
 

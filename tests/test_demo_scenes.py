@@ -5,9 +5,7 @@ import pytest
 
 from potts_jax.data import augmentation
 from potts_jax.data import demo_scenes
-from potts_jax.data import scribbles as scribbles_lib
-
-
+from potts_jax.data import synthetic_scribbles as scribbles_lib
 def _examples(n=24, **options):
   return [demo_scenes.make_example(i, **options) for i in range(n)]
 

@@ -4,19 +4,31 @@ References are brute force: the dense affinity matrix in float64 numpy
 (tests/test_bilateral.py) and a jnp O(N²) textbook solver loop on it.
 """
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
-from potts_jax import bilateral
+from potts_jax.dense import bilateral
 from potts_jax import losses
 from potts_jax import solver
+from potts_jax.solver import loop as solver_loop
 from potts_jax import steps
 from potts_jax.data import folder
 from potts_jax.data import synthetic
+from tests.conftest import REPO
 from tests.test_bilateral import exact_weights
+
+
+def _gd(logits, image, labels, axis_name=None, **energy):
+  """:func:`losses.regularized_loss` with ``energy``'s fields as keywords."""
+  return losses.regularized_loss(logits, image, labels,
+                                 solver.EnergyParams(**energy),
+                                 axis_name=axis_name)
+
 
 ETA, LAM, SIGMA_XY, SIGMA_RGB = 0.3, 0.01, 100.0, 9.0
 
@@ -98,7 +110,7 @@ def test_dense_solve_lowers_the_energy_and_matches_brute_force(grabcut):
 def test_dense_energy_matches_brute_force(grabcut, relaxation):
   """Whole photos shrunk to 40 px: on the first 12 GrabCut photos the pair
   sum is off by -3.7 % .. +1.8 % (q) and -1.6 % .. +1.3 % (bl), on all 50
-  by -6.4 % .. +7.3 % and -3.4 % .. +1.7 % (potts_jax/bilateral.py), on
+  by -6.4 % .. +7.3 % and -3.4 % .. +1.7 % (potts_jax/dense/bilateral.py), on
   these two (padded to one shape) by under 1 %; the plain lattice filter
   was off by +14 % / +11 % on the first. Hence 5 %."""
   bound = 0.05
@@ -122,7 +134,7 @@ def test_dense_energy_matches_brute_force(grabcut, relaxation):
 
 def test_regularized_loss_dense_matches_brute_force(grabcut):
   logits, image, labels = grabcut
-  loss = lambda l: losses.regularized_loss(
+  loss = lambda l: _gd(
       l, image, labels, relaxation="q", neighborhood="dense", eta=ETA,
       lam=100.0, sigma_rgb=SIGMA_RGB, sigma_xy=SIGMA_XY)
   value, grad = jax.value_and_grad(loss)(jnp.asarray(logits))
@@ -160,17 +172,17 @@ def test_dense_options_are_checked_and_values_do_not_retrace(grabcut):
       solver.energy(logits, logits, image, labels, neighborhood="dense",
                     relaxation=name)
     with pytest.raises(ValueError, match=f"'{name}'"):
-      losses.regularized_loss(logits, image, labels, relaxation=name,
+      _gd(logits, image, labels, relaxation=name,
                                    neighborhood="dense")
   with pytest.raises(ValueError, match="overflow"):
     solver.solve(logits, image, labels, neighborhood="dense",
                  relaxation="q", num_steps=1, lattice_capacity=4)
   options = dict(neighborhood="dense", relaxation="q", num_steps=3)
   solver.solve(logits, image, labels, **options)
-  before = solver._solve._cache_size()
+  before = solver_loop.solve_batch._cache_size()
   y = solver.solve(logits, image, labels, eta=0.5, lam=0.01, sigma_xy=50.0,
                    sigma_rgb=5.0, step_size=0.1, **options)
-  assert solver._solve._cache_size() == before
+  assert solver_loop.solve_batch._cache_size() == before
   # Inside an outer jit as well.
   jitted = jax.jit(lambda l: solver.solve(l, image, labels, eta=0.5, lam=0.01,
                                           sigma_xy=50.0, sigma_rgb=5.0,
@@ -179,21 +191,27 @@ def test_dense_options_are_checked_and_values_do_not_retrace(grabcut):
                              atol=1e-5)
 
 
-def test_solver_options_pass_sigma_xy_for_dense():
-  config = ml_collections.ConfigDict(dict(
-      relaxation="q", cross_entropy="cce", neighborhood="dense", eta=0.3,
-      lam=6.0, sigma_rgb=9.0, sigma_xy=80.0, solver_steps=200,
-      solver_step_size=0.075))
-  assert steps.solver_options(config)["sigma_xy"] == 80.0
-  config.neighborhood = "nn4"
-  assert "sigma_xy" not in steps.solver_options(config)
+def _config(**energy):
+  """The default config with ``energy`` overrides."""
+  sys.path.insert(0, str(REPO))
+  from configs import common  # pylint: disable=g-import-not-at-top
+  config = common.get_config()
+  config.lock()
+  config.energy.update(energy)
+  return config
+
+
+def test_the_config_energy_reaches_the_solver_for_dense():
+  energy, _ = steps.energy_and_options(_config(
+      relaxation="q", neighborhood="dense", sigma_xy=80.0))
+  assert (energy.sigma_xy, energy.neighborhood) == (80.0, "dense")
 
 
 def test_lattice_capacity_in_the_gd_loss_and_its_overflow_inside_jit(grabcut):
   logits, image, labels = grabcut
   options = dict(relaxation="q", neighborhood="dense", sigma_xy=SIGMA_XY,
                  sigma_rgb=SIGMA_RGB)
-  loss = jax.jit(lambda l, capacity=None: losses.regularized_loss(
+  loss = jax.jit(lambda l, capacity=None: _gd(
       l, image, labels, lattice_capacity=capacity, **options),
       static_argnums=1)
   capacity = bilateral.choose_capacity(image, labels, sigma_xy=SIGMA_XY,
@@ -203,23 +221,30 @@ def test_lattice_capacity_in_the_gd_loss_and_its_overflow_inside_jit(grabcut):
   np.testing.assert_allclose(float(loss(logits, capacity)),
                              float(loss(logits)), rtol=1e-6)
   with pytest.raises(ValueError, match="overflow"):
-    losses.regularized_loss(logits, image, labels, lattice_capacity=4,
+    _gd(logits, image, labels, lattice_capacity=4,
                                  **options)
   # Inside jit the host check fails the computation, naming the config key.
-  with pytest.raises(Exception, match="overflow.*config.dense_capacity"):
+  with pytest.raises(Exception,
+                     match="overflow.*config.energy.lattice_capacity"):
     jax.block_until_ready(loss(logits, 4))
 
 
 def test_dense_options_from_the_config():
-  config = ml_collections.ConfigDict(dict(
-      neighborhood="dense", sigma_xy=80.0, dense_scale_factor=0.5,
-      dense_capacity=0))
-  assert steps.dense_options(config) == dict(
-      sigma_xy=80.0, scale_factor=0.5, lattice_capacity=None)
-  config.dense_capacity = 4096
-  assert steps.dense_options(config)["lattice_capacity"] == 4096
+  config = _config(relaxation="q", neighborhood="dense", sigma_xy=80.0,
+                   scale_factor=0.5)
+  config.loss.method = "soft_sl"
+  energy, _ = steps.energy_and_options(config)
+  assert (energy.sigma_xy, energy.scale_factor, energy.lattice_capacity) == (
+      80.0, 0.5, 0)
+  # 0 is the bound, as None is.
+  assert solver.checks.check_energy(energy).lattice_capacity is None
+  config.energy.lattice_capacity = 4096
+  assert steps.energy_and_options(config)[0].lattice_capacity == 4096
+  steps.check_config(config)
   for bad in (-1, 2.5):
-    config = ml_collections.ConfigDict(dict(neighborhood="dense",
-                                            dense_capacity=bad))
-    with pytest.raises(ValueError, match=f"dense_capacity.*{bad}"):
-      steps.dense_options(config)
+    bad_config = ml_collections.ConfigDict(config.to_dict())
+    bad_config.energy = ml_collections.ConfigDict(
+        dict(config.energy, lattice_capacity=bad))
+    with pytest.raises(ValueError,
+                       match=f"config.energy.lattice_capacity.*{bad}"):
+      steps.check_config(bad_config)

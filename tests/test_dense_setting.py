@@ -46,7 +46,7 @@ def test_settings_are_those_of_the_voc_config():
   # σ_xy in pixels and λ per pixel's affinity follow the photo's size.
   assert dense["sigma_xy"] == pytest.approx(50.0)
   assert dense["lam"] == pytest.approx(6e-3 / 0.25)
-  assert configs["dense_before"].lam == 12.0
+  assert configs["dense_before"].energy.lam == 12.0
 
 
 def test_dense_lowers_its_energy_keeps_both_labels_and_tracks_nn4(rows):

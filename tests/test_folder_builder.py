@@ -1,4 +1,4 @@
-"""Tests of potts_jax.data.folder_builder (the TFDS ``folder`` builder)."""
+"""Tests of potts_jax.data.builders.folder_builder (the TFDS ``folder`` builder)."""
 
 import pathlib
 import shutil
@@ -12,8 +12,7 @@ from PIL import Image
 import tensorflow_datasets as tfds
 
 from potts_jax.data import folder
-from potts_jax.data import folder_builder
-
+from potts_jax.data.builders import folder_builder
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -109,7 +108,7 @@ def _mini_camvid(shared_data, root, counts=(("train", 5), ("val", 3))):
 
 
 def test_camvid_miniature_with_synthetic_scribbles(shared_data, tmp_path):
-  scribbles_lib = pytest.importorskip("potts_jax.data.scribbles")
+  scribbles_lib = pytest.importorskip("potts_jax.data.synthetic_scribbles")
   root = tmp_path / "camvid"
   _mini_camvid(shared_data, root)
   data_dir = tmp_path / "tfds"
@@ -162,8 +161,7 @@ class Audit(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Audit())
 
 import numpy as np
-from potts_jax.data import folder_builder
-
+from potts_jax.data.builders import folder_builder
 folder_builder.prepare(sys.argv[1], sys.argv[2], name="tiny")
 sources = folder_builder.load(sys.argv[2], "tiny")
 example = sources["train"][1]
@@ -300,7 +298,7 @@ def test_downscale_stores_reduced_examples(shared_data, tmp_path):
   # Independent reduction: the mean of each 2x2 block (PIL's box filter is
   # exactly that for an even factor) and the block's lower-right-of-centre
   # pixel for labels (nearest neighbour at a half-pixel offset).
-  scribbles_lib = pytest.importorskip("potts_jax.data.scribbles")
+  scribbles_lib = pytest.importorskip("potts_jax.data.synthetic_scribbles")
   root = tmp_path / "camvid"
   _mini_camvid(shared_data, root, counts=(("train", 2),))
   builder = folder_builder.prepare(root, tmp_path / "tfds", name="small",

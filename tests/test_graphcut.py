@@ -16,8 +16,8 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from potts_jax import demo
-from potts_jax import graphcut
+from potts_jax.tools import demo
+from potts_jax.baselines import graphcut
 from potts_jax import parallel
 from potts_jax import solver
 from potts_jax import train
@@ -194,12 +194,11 @@ def test_callback_under_jit_and_shard_map_equals_numpy(shared_data):
 def test_train_step_with_hard_sl_gc_runs():
   """One step of the demo's runlocal stage 2 on 4 devices (as test_steps)."""
   config = demo_config.get_config("runlocal,method=hard_sl_gc")
-  with config.unlocked():
-    config.update({k: v for k, v in dict(config.stages[1]).items()
-                   if k != "name"})
+  config = train.with_overrides(config, {**config.stages[1], "stages": ()})
   data = sources.open_sources(config)
   batch = next(iter(pipeline.train_dataset(
-      data.train, crop_size=config.crop_size, batch_size=config.batch_size,
+      data.train, crop_size=config.input.crop_size,
+      batch_size=config.input.batch_size,
       seed=0)))
   tx = train.make_optimizer(config)
   model_def, state = train.create_state(

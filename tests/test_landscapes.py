@@ -1,9 +1,9 @@
-"""Tests of potts_jax.landscapes against closed forms and float64 numpy."""
+"""Tests of potts_jax.plots.landscapes against closed forms and float64 numpy."""
 
 import numpy as np
 import pytest
 
-from potts_jax import landscapes
+from potts_jax.plots import landscapes
 from potts_jax import solver
 from tests import references
 

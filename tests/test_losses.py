@@ -1,7 +1,7 @@
 """Tests of potts_jax.losses: cross-entropies H(σ, y) and the network losses.
 
 Expected values come from the float64 numpy references of tests/references.py,
-written from the formulas of ARCHITECTURE §3 (σ first): ce -Σ y ln σ ·
+written from the formulas of the paper (σ first): ce -Σ y ln σ ·
 rce -Σ σ ln y · cce -ln σᵀy · q ½‖σ - y‖², the partial cross-entropy on
 scribbles, the self-labeling loss and the gradient-descent loss (eq. 4) with
 grid pairs built by explicit loops over pixels. The library computes in
@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 
 from potts_jax import losses
+from potts_jax import solver
 from tests import references
+
+def _gd(logits, image, labels, axis_name=None, **energy):
+  """:func:`losses.regularized_loss` with ``energy``'s fields as keywords."""
+  return losses.regularized_loss(logits, image, labels,
+                                 solver.EnergyParams(**energy),
+                                 axis_name=axis_name)
+
 
 NAMES = references.CROSS_ENTROPIES
 NAMED_FUNCTIONS = {
@@ -71,11 +79,11 @@ def test_losses_with_unknown_names_raise():
   with pytest.raises(ValueError, match="'nope'"):
     losses.self_labeling_loss(logits, logits, labels, cross_entropy="nope")
   with pytest.raises(ValueError, match="'nope'"):
-    losses.regularized_loss(
+    _gd(
         logits, jnp.zeros((1, 2, 2, 3)), labels, relaxation="nope"
     )
   with pytest.raises(ValueError, match="'nope'"):
-    losses.regularized_loss(
+    _gd(
         logits, jnp.zeros((1, 2, 2, 3)), labels, neighborhood="nope"
     )
 
@@ -383,7 +391,7 @@ def _gd_inputs(seed=14):
 def test_regularized_loss_matches_brute_force(relaxation, neighborhood):
   logits, image, labels = _gd_inputs()
   kwargs = dict(eta=0.4, lam=2.5, sigma_rgb=7.0)
-  out = losses.regularized_loss(
+  out = _gd(
       *map(jnp.asarray, (logits, image, labels)),
       relaxation=relaxation,
       neighborhood=neighborhood,
@@ -398,7 +406,7 @@ def test_regularized_loss_matches_brute_force(relaxation, neighborhood):
 
 def test_regularized_loss_defaults():
   logits, image, labels = _gd_inputs(15)
-  out = losses.regularized_loss(
+  out = _gd(
       jnp.asarray(logits), jnp.asarray(image), jnp.asarray(labels)
   )
   expected = references.regularized_loss(
@@ -416,7 +424,7 @@ def test_regularized_loss_gradients(relaxation):
   kwargs = dict(eta=0.4, lam=2.5, sigma_rgb=7.0)
 
   def loss(logits):
-    return losses.regularized_loss(
+    return _gd(
         logits,
         jnp.asarray(image),
         jnp.asarray(labels),
@@ -448,7 +456,7 @@ def test_regularized_loss_finite_at_saturated_logits(neighborhood):
   # Neighbouring pixels with different argmax: orthogonal one-hot pairs.
   logits = references.saturated_logits(rng, labels.shape, 3)
   for relaxation in RELAXATIONS:
-    value, grad = jax.value_and_grad(losses.regularized_loss)(
+    value, grad = jax.value_and_grad(_gd)(
         *map(jnp.asarray, (logits, image, labels)),
         relaxation=relaxation,
         neighborhood=neighborhood,

@@ -17,7 +17,7 @@ def test_unprepared_voc_stops_at_once_naming_dataset_dir_and_command(tmp_path):
   data_dir, workdir = tmp_path / "tfds", tmp_path / "run"
   data_dir.mkdir()
   result = _main("--config=configs/voc.py", f"--workdir={workdir}",
-                 f"--config.data_dir={data_dir}")
+                 f"--config.input.data_dir={data_dir}")
   assert result.returncode != 0
   err = result.stderr
   assert "voc_scribble" in err
@@ -35,3 +35,13 @@ def test_help_and_missing_flags():
   result = _main("--config=configs/demo.py")
   assert result.returncode != 0
   assert "workdir" in result.stderr
+
+
+def test_a_diverging_run_exits_naming_the_steps_and_a_nonfinite_term(
+    tmp_path):
+  result = _main("--config=configs/demo.py:runlocal", f"--workdir={tmp_path}",
+                 "--config.optim.lr=1e30", "--config.total_steps=10")
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: stage stage1: steps ") and "nan" in last
+  assert "Last finite checkpoint" in last

@@ -8,8 +8,6 @@ import jax
 import numpy as np
 
 from potts_jax import metrics
-
-
 def _reference(pred, gt, k):
   """float64 loops: IoU per class over classes in GT or prediction."""
   cm = np.zeros((k, k), np.float64)

@@ -24,7 +24,6 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from potts_jax.models import deeplabv3plus, layers, mobilenet_v2, resnet
-
 shard_map = getattr(jax, "shard_map", None)
 if shard_map is None:  # older jax
   from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top

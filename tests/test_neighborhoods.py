@@ -3,8 +3,8 @@
 The references (tests/references.py) are brute force: explicit Python loops
 over all pairs of pixels of each image, keeping the 4- or 8-neighbours, with
 ``w_ij = exp(-‖I_i - I_j‖² / (2 σ²))``, diagonals divided by √2 and pairs
-touching a padding pixel (label 254) dropped (ARCHITECTURE §2). Relaxations
-are float64 numpy written from the formulas of ARCHITECTURE §3.
+touching a padding pixel (label 254) dropped. Relaxations
+are float64 numpy written from the formulas of the paper.
 """
 
 import math

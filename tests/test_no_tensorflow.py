@@ -54,9 +54,9 @@ _SCRIPT = textwrap.dedent(r"""
       except ImportError:
         pass
     else:
-      from potts_jax.data import block_builders, demo_builder
-      from potts_jax.data import folder_builder, pipeline
-
+      from potts_jax.data.builders import block_builders, demo_builder
+      from potts_jax.data.builders import folder_builder
+      from potts_jax.data import eval_pipeline, pipeline
       folder_builder.prepare(root, data_dir, name="tiny",
                              scribble_set="synthetic")
       block_builders.prepare(city_root, data_dir, dataset="cityscapes_block",
@@ -76,7 +76,7 @@ _SCRIPT = textwrap.dedent(r"""
             process_count=1))
         for _ in range(2):
           assert next(iterator)["image"].shape == (2, 32, 32, 3)
-        batches = list(pipeline.eval_batches(
+        batches = list(eval_pipeline.eval_batches(
             source, batch_size=2, process_index=0, process_count=1))
         assert len(batches) == -(-len(source) // 2), (key, len(batches))
     loaded = sorted(m for m in sys.modules

@@ -28,6 +28,13 @@ from configs import demo  # noqa: E402
 from configs import voc  # noqa: E402
 from configs import voc_r101  # noqa: E402
 
+def _gd(logits, image, labels, axis_name=None, **energy):
+  """:func:`losses.regularized_loss` with ``energy``'s fields as keywords."""
+  return losses.regularized_loss(logits, image, labels,
+                                 solver.EnergyParams(**energy),
+                                 axis_name=axis_name)
+
+
 
 def test_normalization_scale():
   assert losses.normalization_scale("pixel_mean", 12) == 1.0
@@ -41,9 +48,9 @@ def test_normalization_scale():
 def test_paper_configs_use_the_lineage_normalization():
   """The lineage's lr are for its loss; the CPU configs keep pixel means."""
   for module in (voc, voc_r101, cityscapes, ade20k):
-    assert module.get_config().loss_normalization == "batch_mean", module
+    assert module.get_config().loss.normalization == "batch_mean", module
   for module in (demo, camvid, camvid_small):
-    assert module.get_config().loss_normalization == "pixel_mean", module
+    assert module.get_config().loss.normalization == "pixel_mean", module
 
 
 def _numpy_pce(logits, labels):
@@ -78,11 +85,11 @@ def test_batch_mean_is_the_global_pixel_mean_over_b_on_four_devices():
 def test_step_loss_under_batch_mean_is_the_pixel_mean_over_b(method):
   """Same state and batch: the loss the step optimises is divided by B."""
   config = _config(method)
-  config.solver_steps = 3
+  config.solver.num_steps = 3
   _, pixel = _run(config, "shard_map", 1, 1)
-  config.loss_normalization = "batch_mean"
+  config.loss.normalization = "batch_mean"
   _, batch = _run(config, "shard_map", 1, 1)
-  b = config.batch_size
+  b = config.input.batch_size
   np.testing.assert_allclose(float(batch["loss"]), float(pixel["loss"]) / b,
                              rtol=1e-5)
   # The pCE metric stays a pixel mean.
@@ -101,16 +108,17 @@ def test_one_sgd_step_at_lr_equals_a_pixel_mean_step_at_lr_over_b():
   step agrees too (two steps here).
   """
   config = _config("pce")
-  b = config.batch_size
+  b = config.input.batch_size
   lr, wd = 0.05, 5e-3  # A visible step and decay.
-  config.update(loss_normalization="batch_mean", lr=lr, weight_decay=wd)
+  config.loss.normalization = "batch_mean"
+  config.optim.update(lr=lr, weight_decay=wd)
   lineage, _ = _run(config, "shard_map", 1, 2)
-  config.update(loss_normalization="pixel_mean", lr=lr / b,
-                weight_decay=b * wd)
+  config.loss.normalization = "pixel_mean"
+  config.optim.update(lr=lr / b, weight_decay=b * wd)
   pixel, _ = _run(config, "shard_map", 1, 2)
   assert _max_diff(lineage["params"], pixel["params"]) <= 1e-6
   # Not a vacuous check: at the same lr and decay the two differ.
-  config.update(lr=lr, weight_decay=wd)
+  config.optim.update(lr=lr, weight_decay=wd)
   same_lr, _ = _run(config, "shard_map", 1, 2)
   assert _max_diff(lineage["params"], same_lr["params"]) > 1e-4
 
@@ -118,7 +126,7 @@ def test_one_sgd_step_at_lr_equals_a_pixel_mean_step_at_lr_over_b():
 def test_batch_mean_step_on_four_devices_equals_one_device():
   """The scale uses the global batch size: 4 devices x 1 image = 1 x 4."""
   config = _config("gd")
-  config.loss_normalization = "batch_mean"
+  config.loss.normalization = "batch_mean"
   four, m4 = _run(config, "shard_map", 4, 1)
   one, m1 = _run(config, "shard_map", 1, 1)
   np.testing.assert_allclose(float(m4["loss"]), float(m1["loss"]), rtol=1e-5)
@@ -142,7 +150,7 @@ def test_regularized_loss_potts_is_the_solvers_potts_over_unlabeled(
   logits, image, labels = synthetic.grid_problem(seed=5)
   options = dict(relaxation=relaxation, neighborhood=neighborhood,
                  lam=2.5, sigma_rgb=7.0)
-  loss = losses.regularized_loss(logits, image, labels, eta=0.0, **options)
+  loss = _gd(logits, image, labels, eta=0.0, **options)
   potts_part = float(loss) - _numpy_pce(logits, labels)
   sigma = jax.nn.softmax(jnp.asarray(logits))
   energy = solver.energy(sigma, logits, image, labels, eta=0.0, **options)
@@ -161,7 +169,7 @@ def test_regularized_loss_is_pce_plus_the_solver_energy_over_unlabeled():
   logits, image, labels = synthetic.grid_problem(seed=6)
   options = dict(relaxation="cd", neighborhood="nn4", eta=0.4, lam=2.5,
                  sigma_rgb=7.0)
-  loss = losses.regularized_loss(logits, image, labels, **options)
+  loss = _gd(logits, image, labels, **options)
   sigma = jax.nn.softmax(jnp.asarray(logits))
   energy = solver.energy(sigma, logits, image, labels, cross_entropy="ce",
                          **options)
@@ -179,11 +187,11 @@ def test_regularized_loss_is_pce_plus_the_solver_energy_over_unlabeled():
 def test_dense_regularized_loss_potts_is_the_solvers_over_unlabeled(
     relaxation):
   """The dense path: the same factor ``1 / |U|`` against ``solver.energy``
-  (both use :func:`potts_jax.bilateral.dense_energy`'s pair convention)."""
+  (both use :func:`potts_jax.dense.bilateral.dense_energy`'s pair convention)."""
   logits, image, labels = synthetic.grid_problem(h=8, w=10, seed=7)
   options = dict(relaxation=relaxation, neighborhood="dense", lam=0.5,
                  sigma_rgb=20.0, sigma_xy=5.0)
-  loss = losses.regularized_loss(logits, image, labels, eta=0.0, **options)
+  loss = _gd(logits, image, labels, eta=0.0, **options)
   sigma = jax.nn.softmax(jnp.asarray(logits))
   energy = solver.energy(sigma, logits, image, labels, eta=0.0, **options)
   np.testing.assert_allclose(

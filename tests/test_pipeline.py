@@ -8,8 +8,8 @@ from PIL import Image
 
 from potts_jax import labels
 from potts_jax.data import folder
+from potts_jax.data import eval_pipeline
 from potts_jax.data import pipeline
-
 PAD = labels.PADDING
 
 
@@ -69,7 +69,7 @@ def _constant_interior(image):
 
 
 def test_reads_a_tfds_folder_dataset(shared_data, tmp_path):
-  from potts_jax.data import folder_builder  # pylint: disable=g-import-not-at-top
+  from potts_jax.data.builders import folder_builder  # pylint: disable=g-import-not-at-top
   builder = folder_builder.prepare(shared_data / "grabcut", tmp_path,
                                    name="grabcut", scribble_set="set1")
   source = builder.as_data_source("train")
@@ -199,7 +199,7 @@ def test_worker_count_does_not_change_batches(grabcut):
 
 def test_eval_batches_pad_and_flag(grabcut):
   source = grabcut[:5]
-  batches = list(pipeline.eval_batches(source, batch_size=2, process_index=0,
+  batches = list(eval_pipeline.eval_batches(source, batch_size=2, process_index=0,
                                        process_count=1))
   assert len(batches) == 3
   np.testing.assert_array_equal(batches[-1]["valid"], [True, False])
@@ -226,7 +226,7 @@ def test_eval_batches_pad_and_flag(grabcut):
   assert np.all(batches[-1]["mask"][1] == PAD)
   assert np.all(batches[-1]["image"][1] == 0)
   # Two hosts: disjoint, covering, the same number of batches, fixed size.
-  hosts = [list(pipeline.eval_batches(source, batch_size=2, process_index=p,
+  hosts = [list(eval_pipeline.eval_batches(source, batch_size=2, process_index=p,
                                       process_count=2, pad_to=(48, 48)))
            for p in (0, 1)]
   assert len(hosts[0]) == len(hosts[1]) == 2
@@ -254,7 +254,7 @@ SIZES = [(20, 30), (30, 20), (20, 30), (17, 17), (20, 30), (30, 20),
 
 def test_full_image_batches_group_by_shape_without_padding():
   source = _sized_source(SIZES)
-  batches = list(pipeline.full_image_batches(source, batch_size=2,
+  batches = list(eval_pipeline.full_image_batches(source, batch_size=2,
                                              process_index=0, process_count=1))
   # (20, 30): 0, 2 | 4, 6; (30, 20): 1, 5; (17, 17): 3 + a padding example.
   assert [list(b["name"]) for b in batches] == [
@@ -271,18 +271,18 @@ def test_full_image_batches_group_by_shape_without_padding():
   np.testing.assert_array_equal(batches[-1]["size"][1], [0, 0])
   assert np.all(batches[-1]["mask"][1] == PAD)
   # Shapes given: the same batches.
-  again = list(pipeline.full_image_batches(
+  again = list(eval_pipeline.full_image_batches(
       source, batch_size=2, process_index=0, process_count=1,
       shapes=[e["mask"].shape for e in source]))
   assert [list(b["name"]) for b in again] == [list(b["name"]) for b in batches]
   with pytest.raises(ValueError, match="not the"):
-    list(pipeline.full_image_batches(source, batch_size=2, process_index=0,
+    list(eval_pipeline.full_image_batches(source, batch_size=2, process_index=0,
                                      process_count=1, shapes=[(1, 1)] * 7))
 
 
 def test_full_image_batches_agree_across_hosts():
   source = _sized_source(SIZES)
-  hosts = [list(pipeline.full_image_batches(source, batch_size=2,
+  hosts = [list(eval_pipeline.full_image_batches(source, batch_size=2,
                                             process_index=p, process_count=2))
            for p in (0, 1)]
   # Same number of batches, same shapes, in the same order on every host.
@@ -310,7 +310,7 @@ def _pil_resize(array, size, resample):
 ])
 def test_fix_scale_crop_is_rlosss(size, resized, corner):
   e = _sized_source([size])[0]
-  out = pipeline.fix_scale_crop(e, 32)
+  out = eval_pipeline.fix_scale_crop(e, 32)
   (y1, x1), (oh, ow) = corner, resized
   want_image = _pil_resize(e["image"], (oh, ow), Image.BILINEAR)
   want_mask = _pil_resize(e["mask"], (oh, ow), Image.NEAREST)
@@ -318,7 +318,7 @@ def test_fix_scale_crop_is_rlosss(size, resized, corner):
                                 want_image[y1:y1 + 32, x1:x1 + 32])
   np.testing.assert_array_equal(out["mask"], want_mask[y1:y1 + 32, x1:x1 + 32])
   assert out["scribbles"].shape == (32, 32)
-  batches = list(pipeline.center_crop_batches(
+  batches = list(eval_pipeline.center_crop_batches(
       _sized_source([size, (20, 30)]), batch_size=4, crop_size=32,
       process_index=0, process_count=1))
   assert len(batches) == 1 and batches[0]["image"].shape == (4, 32, 32, 3)
@@ -331,7 +331,7 @@ def test_to_global_shards_the_batch_axis(grabcut):
   devices = jax.devices()
   assert len(devices) >= 4
   mesh = Mesh(np.array(devices[:4]), ("data",))
-  batch = next(pipeline.eval_batches(grabcut[:3], batch_size=4,
+  batch = next(eval_pipeline.eval_batches(grabcut[:3], batch_size=4,
                                      process_index=0, process_count=1))
   out = pipeline.to_global(batch, mesh)
   sharding = NamedSharding(mesh, PartitionSpec("data"))

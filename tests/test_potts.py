@@ -1,7 +1,7 @@
 """Tests of potts_jax.potts: the six Potts relaxations and the safe ln / √.
 
 Every expected value comes from the independent float64 numpy references of
-tests/references.py, written straight from the formulas of ARCHITECTURE §3:
+tests/references.py, written straight from the formulas of the paper:
 
   bl 1 - pᵀq · q ½‖p - q‖² · nq 1 - pᵀq/(‖p‖‖q‖) · cce -ln pᵀq ·
   cd -ln(pᵀq/(‖p‖‖q‖)) · lq -ln(1 - ½‖p - q‖²).

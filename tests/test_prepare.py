@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from potts_jax.data import block_builders
-from potts_jax.data import demo_builder
-from potts_jax.data import folder_builder
+from potts_jax.data.builders import block_builders
+from potts_jax.data.builders import demo_builder
+from potts_jax.data.builders import folder_builder
 from potts_jax.data import prepare
 from potts_jax.data import sources
-from potts_jax.data import voc_builder
+from potts_jax.data.builders import voc_builder
 from tests.test_block_builders import ADE20K, CITYSCAPES, build_tree
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,9 +37,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 def _config(**values) -> ml_collections.ConfigDict:
+  """The keys sources.open_sources reads, ``values`` in ``config.input``."""
   return ml_collections.ConfigDict(dict(
-      dict(dataset="demo", dataset_config="", data_dir="", num_classes=0,
-           train_split="train", eval_split="val"), **values))
+      input=dict(dict(dataset="demo", dataset_config="", data_dir="",
+                      num_classes=0, train_split="train"), **values),
+      eval=dict(split="val")))
 
 
 def test_help_names_the_files_of_every_dataset():
@@ -78,8 +80,9 @@ def test_command_prepares_a_cityscapes_tree(shared_data, tmp_path):
   assert result.returncode == 0, result.stderr
   assert "cityscapes_block/block20 is prepared" in result.stdout
   assert "train (2), val (2)" in result.stdout
-  assert ("--config.dataset=cityscapes_block --config.dataset_config=block20"
-          f" --config.data_dir={data_dir}") in result.stdout
+  assert ("--config.input.dataset=cityscapes_block "
+          "--config.input.dataset_config=block20 "
+          f"--config.input.data_dir={data_dir}") in result.stdout
   loaded = block_builders.load(data_dir, "block20", dataset=CITYSCAPES)
   for split, examples in expected.items():
     assert len(loaded[split]) == len(examples)

@@ -1,4 +1,4 @@
-"""Tests of potts_jax.pretrained: torchvision checkpoints into our backbones.
+"""Tests of potts_jax.models.pretrained: torchvision checkpoints into our backbones.
 
 * MobileNetV2: torchvision's real ImageNet file, converted and run on two
   photos bundled with scikit-image, must name the right ImageNet classes.
@@ -17,7 +17,7 @@ import pytest
 import skimage.data
 from flax import nnx
 
-from potts_jax import pretrained
+from potts_jax.models import pretrained
 from potts_jax.models import DeepLabV3Plus
 from tests.test_torch_checkpoint import contiguous
 from tests.test_torch_checkpoint import mobilenet_v2_path  # noqa: F401 (fixture)
@@ -51,7 +51,7 @@ def test_meta_records_the_source(mobilenet_dir, mobilenet_v2_path):  # noqa: F81
 
 
 def test_load_backbone_into_deeplab(mobilenet_dir, mobilenet_v2_path):  # noqa: F811
-  from potts_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
+  from potts_jax.models import torch_checkpoint  # pylint: disable=g-import-not-at-top
   model = DeepLabV3Plus("mobilenet_v2", 3, output_stride=8, rngs=nnx.Rngs(1))
   pretrained.load_backbone(model, str(mobilenet_dir))
   state = torch_checkpoint.load(mobilenet_v2_path)
@@ -224,7 +224,7 @@ def test_non_rgb_image_is_refused(shape):
 
 
 def test_mis_shaped_tensor_is_named(mobilenet_v2_path):  # noqa: F811
-  from potts_jax import torch_checkpoint  # pylint: disable=g-import-not-at-top
+  from potts_jax.models import torch_checkpoint  # pylint: disable=g-import-not-at-top
   state = torch_checkpoint.load(mobilenet_v2_path)
   state["features.5.conv.2.weight"] = state["features.5.conv.2.weight"][:16]
   with pytest.raises(ValueError, match=r"bad.pth: features.5.conv.2.weight "

@@ -1,4 +1,4 @@
-"""Tests of potts_jax.quadratic: the exact H_Q + P_Q minimiser and soft Jaccard."""
+"""Tests of potts_jax.baselines.quadratic: the exact H_Q + P_Q minimiser and soft Jaccard."""
 
 import chex
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import scipy.special
 
 from potts_jax import neighborhoods
-from potts_jax import quadratic
+from potts_jax.baselines import quadratic
 from potts_jax import solver
 from potts_jax.data import folder
 from potts_jax.data import synthetic

@@ -1,4 +1,4 @@
-"""Tests of potts_jax.data.scribbles."""
+"""Tests of potts_jax.data.scribbles and .synthetic_scribbles."""
 
 import dataclasses
 
@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from potts_jax.data import scribbles
 from potts_jax.data import scribblesup
-
+from potts_jax.data import synthetic_scribbles
 _XML = """<?xml version="1.0"?>
 <annotation>
   <filename>toy.jpg</filename>
@@ -168,7 +168,7 @@ def _random_mask(shape, classes, seed):
 @pytest.mark.parametrize("fraction", [0.1, 0.2, 0.5])
 def test_block_scribbles_fraction_and_labels(fraction):
   mask = _random_mask((256, 256), 5, 0)
-  out = scribbles.block_scribbles(mask, fraction, block=32, seed=1)
+  out = synthetic_scribbles.block_scribbles(mask, fraction, block=32, seed=1)
   assert out.shape == mask.shape and out.dtype == np.uint8
   kept = out != 255
   assert abs(kept.mean() - fraction) <= 1 / 64  # One 32x32 tile of 64.
@@ -176,9 +176,9 @@ def test_block_scribbles_fraction_and_labels(fraction):
   # Kept pixels are whole tiles.
   tiles = kept.reshape(8, 32, 8, 32).mean(axis=(1, 3))
   assert set(np.unique(tiles)) <= {0.0, 1.0}
-  again = scribbles.block_scribbles(mask, fraction, block=32, seed=1)
+  again = synthetic_scribbles.block_scribbles(mask, fraction, block=32, seed=1)
   np.testing.assert_array_equal(out, again)
-  other = scribbles.block_scribbles(mask, fraction, block=32, seed=2)
+  other = synthetic_scribbles.block_scribbles(mask, fraction, block=32, seed=2)
   assert not np.array_equal(out, other)
 
 
@@ -186,12 +186,12 @@ def test_block_scribbles_keep_ignore_and_padding():
   mask = _random_mask((256, 256), 5, 3)
   mask[:, 200:] = 254
   mask[10:20, 10:20] = 255
-  out = scribbles.block_scribbles(mask, 1.0, block=32, seed=0)
+  out = synthetic_scribbles.block_scribbles(mask, 1.0, block=32, seed=0)
   np.testing.assert_array_equal(out, mask)
-  out = scribbles.block_scribbles(mask, 0.2, block=32, seed=0)
+  out = synthetic_scribbles.block_scribbles(mask, 0.2, block=32, seed=0)
   assert np.all(out[:, 200:] == 254) and np.all(out[10:20, 10:20] == 255)
   assert not np.any(out[:, :200] == 254)
-  assert abs(scribbles.labeled_fraction(out, mask) - 0.2) < 0.03
+  assert abs(synthetic_scribbles.labeled_fraction(out, mask) - 0.2) < 0.03
 
 
 def _real_masks(shared_data):
@@ -204,12 +204,12 @@ def _real_masks(shared_data):
 def test_skeleton_scribbles_on_real_masks(shared_data):
   fractions = {}
   for name, mask in _real_masks(shared_data):
-    out = scribbles.skeleton_scribbles(mask, seed=0, min_area=50)
+    out = synthetic_scribbles.skeleton_scribbles(mask, seed=0, min_area=50)
     assert out.shape == mask.shape and out.dtype == np.uint8
     labeled = out != 255
     assert np.all(out[labeled] == mask[labeled])  # Never contradicts.
     assert not np.any(labeled & ((mask == 255) | (mask == 254)))
-    fraction = scribbles.labeled_fraction(out, mask)
+    fraction = synthetic_scribbles.labeled_fraction(out, mask)
     fractions[name] = round(fraction, 4)
     assert 0.01 <= fraction <= 0.06
     for label in np.unique(mask):
@@ -221,7 +221,7 @@ def test_skeleton_scribbles_on_real_masks(shared_data):
         if sizes[index] >= 50:
           assert labeled[regions == index].any(), (name, label, index)
     np.testing.assert_array_equal(
-        out, scribbles.skeleton_scribbles(mask, seed=0, min_area=50))
+        out, synthetic_scribbles.skeleton_scribbles(mask, seed=0, min_area=50))
   print("labeled fractions:", fractions)
 
 
@@ -231,18 +231,19 @@ def test_skeleton_scribbles_seed_padding_and_tiny_regions():
   mask[5:8, 5:8] = 2  # 9 pixels: below min_area.
   mask[50:, :] = 254
   mask[40:45, 40:45] = 255
-  outs = [scribbles.skeleton_scribbles(mask, seed=s, min_area=20,
-                                       max_fraction=0.03) for s in (0, 1)]
+  outs = [synthetic_scribbles.skeleton_scribbles(
+      mask, seed=s, min_area=20, max_fraction=0.03) for s in (0, 1)]
   for out in outs:
     assert not np.any(out == 2)
     assert set(np.unique(out)) == {0, 1, 255}
     labeled = out != 255
     assert np.all(out[labeled] == mask[labeled])
-    assert scribbles.labeled_fraction(out, mask) <= 0.035
+    assert synthetic_scribbles.labeled_fraction(out, mask) <= 0.035
   assert not np.array_equal(outs[0], outs[1])
 
 
 def test_labeled_fraction():
   mask = np.array([[0, 1, 255, 254]], np.uint8)
-  assert scribbles.labeled_fraction(np.array([[0, 255, 255, 254]]), mask) == 0.5
-  assert scribbles.labeled_fraction(mask, np.full((1, 4), 255)) == 0.0
+  labeled_fraction = synthetic_scribbles.labeled_fraction
+  assert labeled_fraction(np.array([[0, 255, 255, 254]]), mask) == 0.5
+  assert labeled_fraction(mask, np.full((1, 4), 255)) == 0.0

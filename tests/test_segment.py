@@ -1,4 +1,4 @@
-"""Tests of the scribbles-to-mask command (potts_jax.segment) on GrabCut."""
+"""Tests of the scribbles-to-mask command (potts_jax.tools.segment) on GrabCut."""
 
 import json
 import os
@@ -10,11 +10,11 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from potts_jax import segment
-from potts_jax import segment_benchmark as bench
+from potts_jax.tools import segment
+from potts_jax.tools import segment_benchmark as bench
+from potts_jax.tools import segment_report as report
 from potts_jax import solver
 from potts_jax.data import folder
-
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "grabcut"
 REPO = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not ROOT.is_dir(), reason="no GrabCut data")
@@ -36,10 +36,10 @@ def _write_example(tmp_path, name="124084", long_side=96, extra_class=False):
   return image_path, scribble_path, scribbles
 
 
-def _run_cli(*args):
+def _run_cli(*args, module="potts_jax.tools.segment"):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # conftest's fake devices are not needed here.
-  return subprocess.run([sys.executable, "-m", "potts_jax.segment", *args],
+  return subprocess.run([sys.executable, "-m", module, *args],
                         cwd=REPO, env=env, capture_output=True, text=True,
                         timeout=120)
 
@@ -163,7 +163,7 @@ def test_benchmark_table_matches_numpy(tmp_path):
   names = names[:2]
   text = table.read_text()
   assert len(rows) == 2 * len(bench.METHODS)
-  meta, read_back = bench.read_jsonl(jsonl)
+  meta, read_back = report.read_jsonl(jsonl)
   assert read_back == rows and meta["options"] == dict(segment.DEFAULTS, num_steps=40)
   assert meta["cpu_count"] == os.cpu_count() and meta["jax"]
   for method in bench.METHODS:
@@ -183,11 +183,11 @@ def test_benchmark_table_matches_numpy(tmp_path):
   assert f"| {names[0]}\\* |" in text and f"| {names[1]} |" in text
   # The RESULTS block is generated from the JSON lines, between the markers.
   results = tmp_path / "RESULTS.md"
-  results.write_text(f"# R\n{bench.BEGIN}\nold\n{bench.END}\ntail\n")
-  bench.update_results(results, [jsonl])
+  results.write_text(f"# R\n{report.BEGIN}\nold\n{report.END}\ntail\n")
+  report.update_results(results, [jsonl])
   out = results.read_text()
-  assert "old" not in out and out.endswith(f"{bench.END}\ntail\n")
-  assert bench.summary_table(rows) in out and "<details>" in out
+  assert "old" not in out and out.endswith(f"{report.END}\ntail\n")
+  assert report.summary_table(rows) in out and "<details>" in out
   assert f"jax {meta['jax']}" in out
 
 
@@ -221,12 +221,14 @@ def test_cli_benchmark_heldout_names(tmp_path):
   names = folder.names(ROOT)[:2]
   data = _small_copy(tmp_path, names, long_side=64)
   jsonl = tmp_path / "rows.jsonl"
-  proc = _run_cli("--benchmark", str(data), "--names", "heldout",
-                  "--methods", "graphcut", "--jsonl", str(jsonl))
+  proc = _run_cli("run", "--root", str(data), "--names", "heldout",
+                  "--methods", "graphcut", "--jsonl", str(jsonl),
+                  module="potts_jax.tools.segment_benchmark")
   assert proc.returncode == 0, proc.stderr[-2000:]
-  _, rows = bench.read_jsonl(jsonl)
+  _, rows = report.read_jsonl(jsonl)
   assert [r["name"] for r in rows] == [names[1]]  # names[0] is tuning.
-  proc = _run_cli("--benchmark", str(data), "--names", "nope.txt")
+  proc = _run_cli("run", "--root", str(data), "--names", "nope.txt",
+                  module="potts_jax.tools.segment_benchmark")
   assert proc.returncode != 0 and "nope.txt not found" in proc.stderr
 
 
@@ -240,9 +242,11 @@ def test_sigma_xy_reaches_the_solver(tmp_path):
   scribbles, k = segment.read_scribbles(str(scrib), img.shape[:2])
   y3, _, e3, logits = segment.segment(img, scribbles, k, sigma_xy=3.0, **DENSE)
   y100, _, e100, _ = segment.segment(img, scribbles, k, **DENSE)
-  opts = segment._solver_options(dict(segment.DEFAULTS, sigma_xy=3.0, **DENSE))
-  assert opts["sigma_xy"] == 3.0
-  want = solver.solve(logits[None], img[None], scribbles[None], **opts)[0]
+  energy, opts = segment.solver_objects(
+      dict(segment.DEFAULTS, sigma_xy=3.0, **DENSE))
+  assert energy.sigma_xy == 3.0
+  want = solver.solve(logits[None], img[None], scribbles[None], energy,
+                      opts)[0]
   np.testing.assert_allclose(y3, want, atol=1e-5)
   assert abs(e3 - e100) > 1e-3 * abs(e100)  # σ_xy changes the problem.
   proc = _run_cli("--image", str(image), "--scribbles", str(scrib),

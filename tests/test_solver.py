@@ -10,68 +10,16 @@ import optax
 import pytest
 
 from potts_jax import solver
+from potts_jax.solver import loop as solver_loop
+from potts_jax.solver import reference
 from potts_jax.data import folder
 from potts_jax.data import synthetic
-
+from tests.test_reference import BruteForceEnergy
 RELAXATIONS = ("bl", "q", "nq", "cce", "cd", "lq")
 CROSS_ENTROPIES = ("ce", "rce", "cce", "q")
 
 
 _problem = synthetic.grid_problem
-
-
-# An independent energy, written from ARCHITECTURE §3 with explicit slices.
-def _reference_energy(y, logits, image, labels, relaxation, cross_entropy,
-                      diagonals=False, eta=0.3, lam=6.0, sigma_rgb=9.0):
-  eps = 1e-30
-  log = lambda x: jnp.log(jnp.maximum(x, eps))
-  sigma = jax.nn.softmax(logits, -1)
-  dot = lambda p, q: jnp.sum(p * q, -1)
-  norm = lambda p: jnp.sqrt(dot(p, p))
-  pair = {
-      "bl": lambda p, q: 1 - dot(p, q),
-      "q": lambda p, q: 0.5 * dot(p - q, p - q),
-      "nq": lambda p, q: 1 - dot(p, q) / (norm(p) * norm(q)),
-      "cce": lambda p, q: -log(dot(p, q)),
-      "cd": lambda p, q: -log(dot(p, q)) + log(norm(p)) + log(norm(q)),
-      "lq": lambda p, q: -log(1 - 0.5 * dot(p - q, p - q)),
-  }[relaxation]
-  unary = {
-      "ce": lambda s, v: -jnp.sum(v * log(s), -1),
-      "rce": lambda s, v: -jnp.sum(s * log(v), -1),
-      "cce": lambda s, v: -log(dot(s, v)),
-      "q": lambda s, v: 0.5 * dot(s - v, s - v),
-  }[cross_entropy]
-  total = eta * jnp.sum((labels == 255) * unary(sigma, y), axis=(1, 2))
-  valid = labels != 254
-  h, w = labels.shape[1:]
-  steps = [(0, 1, 1.0), (1, 0, 1.0)]
-  if diagonals:
-    steps += [(1, 1, 2**-0.5), (1, -1, 2**-0.5)]
-  for dy, dx, scale in steps:
-    c0, c1 = max(0, -dx), w - max(0, dx)
-    a = (slice(None), slice(0, h - dy), slice(c0, c1))
-    b = (slice(None), slice(dy, h), slice(c0 + dx, c1 + dx))
-    diff = jnp.sum((image[a] - image[b]) ** 2, -1)
-    weight = scale * jnp.exp(-diff / (2 * sigma_rgb**2)) * valid[a] * valid[b]
-    total += lam * jnp.sum(weight * pair(y[a], y[b]), axis=(1, 2))
-  return total
-
-
-def _autodiff_solve(logits, image, labels, relaxation, cross_entropy,
-                    num_steps, step_size=0.075, diagonals=False):
-  """The textbook loop: jax.grad through softmax and the scribble reset."""
-  k = logits.shape[-1]
-  labeled = (labels < 254)[..., None]
-  onehot = jax.nn.one_hot(np.where(labels < 254, labels, 0), k)
-  to_y = lambda l: jnp.where(labeled, onehot, jax.nn.softmax(l, -1))
-  loss = lambda l: jnp.sum(_reference_energy(
-      to_y(l), logits, image, labels, relaxation, cross_entropy, diagonals))
-  step = jax.jit(lambda l: l - step_size * jax.grad(loss)(l))
-  l = jnp.asarray(logits)
-  for _ in range(num_steps):
-    l = step(l)
-  return to_y(l)
 
 
 # Every relaxation on both grids with H_CCE, every cross-entropy with P_CD.
@@ -81,14 +29,15 @@ _COMBOS = ([(r, "cce", n) for r in RELAXATIONS for n in ("nn4", "nn8")]
 
 @pytest.mark.parametrize("kernel", solver.KERNELS)
 @pytest.mark.parametrize("relaxation, cross_entropy, neighborhood", _COMBOS)
-def test_iterates_match_autodiff(relaxation, cross_entropy, neighborhood,
+def test_iterates_match_the_reference_loop(relaxation, cross_entropy, neighborhood,
                                  kernel):
   logits, image, labels = _problem()
   y = solver.solve(logits, image, labels, relaxation=relaxation,
                    cross_entropy=cross_entropy, neighborhood=neighborhood,
                    num_steps=3, kernel=kernel)
-  expected = _autodiff_solve(logits, image, labels, relaxation, cross_entropy,
-                             3, diagonals=neighborhood == "nn8")
+  expected = reference.solve(logits, image, labels, solver.EnergyParams(
+      relaxation=relaxation, cross_entropy=cross_entropy,
+      neighborhood=neighborhood), num_steps=3)
   chex.assert_trees_all_close(y, expected, atol=2e-5, rtol=0)
 
 
@@ -98,15 +47,13 @@ def test_energy_equals_reference(relaxation):
   y = jax.nn.softmax(np.random.default_rng(2).normal(size=logits.shape), -1)
   for cross_entropy in CROSS_ENTROPIES:
     for neighborhood in ("nn4", "nn8"):
-      got = solver.energy(y, logits, image, labels, relaxation=relaxation,
-                          cross_entropy=cross_entropy,
-                          neighborhood=neighborhood, eta=0.7, lam=2.0,
-                          sigma_rgb=20.0)
-      want = _reference_energy(y, logits, image, labels, relaxation,
-                               cross_entropy, neighborhood == "nn8", eta=0.7,
-                               lam=2.0, sigma_rgb=20.0)
+      params = solver.EnergyParams(
+          relaxation=relaxation, cross_entropy=cross_entropy,
+          neighborhood=neighborhood, eta=0.7, lam=2.0, sigma_rgb=20.0)
+      got = solver.energy(y, logits, image, labels, params)
+      want = BruteForceEnergy(logits, image, labels, params)(y)
       chex.assert_shape(got, (2,))
-      chex.assert_trees_all_close(got, want, rtol=2e-5)
+      np.testing.assert_allclose(got, want, rtol=2e-5)
 
 
 def test_output_constraints():
@@ -164,11 +111,11 @@ class JitTest(chex.TestCase):
 def test_changing_values_does_not_retrace():
   logits, image, labels = _problem()
   solver.solve(logits, image, labels, num_steps=3)
-  size = solver._solve._cache_size()
+  size = solver_loop.solve_batch._cache_size()
   for eta, lam, step in ((0.1, 1.0, 0.01), (0.9, 3.0, 0.2)):
     solver.solve(logits * 2, image, labels, num_steps=3, eta=eta, lam=lam,
                  sigma_rgb=5.0, step_size=step)
-  assert solver._solve._cache_size() == size
+  assert solver_loop.solve_batch._cache_size() == size
 
 
 def test_vmap_over_an_outer_axis():

@@ -1,6 +1,5 @@
-"""Solver update options (``method=``, :mod:`potts_jax.updates`) and the
-coarse-to-fine warm start (``warm_start=``, :mod:`potts_jax.warm_start`),
-issue 8."""
+"""Solver update options (``method=``, :mod:`potts_jax.solver.updates`) and the
+coarse-to-fine warm start (``warm_start=``, :mod:`potts_jax.solver.warm_start`)."""
 
 import functools
 
@@ -11,13 +10,14 @@ import numpy as np
 import optax
 import pytest
 
-from potts_jax import quadratic
+from potts_jax.baselines import quadratic
 from potts_jax import solver
-from potts_jax import updates
-from potts_jax import warm_start
+from potts_jax.solver import loop as solver_loop
+from potts_jax.solver import objective as solver_objective
+from potts_jax.solver import updates
+from potts_jax.solver import warm_start
 from potts_jax.data import folder
 from potts_jax.data import synthetic
-
 # Optimizer objects built once: a new object retraces.
 ADAM = optax.adam(0.1)
 NESTEROV = optax.sgd(0.075, momentum=0.9, nesterov=True)
@@ -30,7 +30,7 @@ OPTIONS = {
     "optax_nesterov": dict(method="optax", optimizer=NESTEROV),
     "mirror": dict(method="mirror"),
     "mirror_momentum": dict(method="mirror_momentum"),
-    # K < cpu_solver.MIN_CLASSES here, so "auto" is the XLA loop.
+    # K < native.MIN_CLASSES here, so "auto" is the XLA loop.
     "gd_native": dict(method="gd", kernel="native"),
     "adam_native": dict(method="adam", kernel="native"),
     "adam_xla": dict(method="adam", kernel="xla"),
@@ -127,14 +127,14 @@ def test_changing_values_does_not_retrace(option):
   logits, image, labels = _random_problem()
   opts = OPTIONS[option]
   solver.solve(logits, image, labels, num_steps=3, **opts)
-  size = solver._solve._cache_size()
+  size = solver_loop.solve_batch._cache_size()
   for eta, lam, t, mt, beta, at, decay in (
       (0.1, 1.0, 0.01, 0.02, 0.5, 0.05, 1.0),
       (0.9, 3.0, 0.2, 0.07, 0.95, 0.3, 0.01)):
     solver.solve(logits * 2, image + 1, labels, num_steps=3, eta=eta, lam=lam,
                  sigma_rgb=5.0, step_size=t, mirror_step_size=mt,
                  momentum=beta, adam_step_size=at, adam_decay=decay, **opts)
-  assert solver._solve._cache_size() == size
+  assert solver_loop.solve_batch._cache_size() == size
 
 
 @pytest.mark.parametrize("option", sorted(OPTIONS))
@@ -156,7 +156,7 @@ def test_inside_shard_map_each_device_equals_single_device(option):
 
 
 def _prob(logits, image, labels, eta=0.3, lam=6.0):
-  return solver._build_problem(jnp.asarray(logits), image, labels, "nn4",
+  return solver_objective.build_problem(jnp.asarray(logits), image, labels, "nn4",
                                9.0, eta, lam)
 
 
@@ -260,8 +260,6 @@ def test_default_is_the_papers_plain_descent():
     (dict(method="mirror_momentum", neighborhood="dense", relaxation="bl"),
      "grid neighbourhoods"),
     (dict(method="adam", optimizer=ADAM), "takes no optimizer"),
-    (dict(method="adam", neighborhood="dense", relaxation="bl"),
-     "grid neighbourhoods"),
     (dict(warm_start="fine"), "unknown warm_start"),
     (dict(warm_start="coarse", neighborhood="dense", relaxation="bl"),
      "grid neighbourhoods"),
@@ -305,7 +303,7 @@ def test_adam_decay_is_the_geometric_step_schedule():
 
 
 def test_adam_reaches_200_gd_steps_in_50_and_the_exact_optimum(shared_data):
-  # Issue 8's goal on two real photos (48 px, so weaker than the benchmark).
+  # The options' goal on two real photos (48 px, so weaker than the benchmark).
   logits, image, labels = _photos(shared_data / "grabcut")
   for case in CASES.values():
     gd = solver.solve(logits, image, labels, num_steps=200, **case)

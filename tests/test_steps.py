@@ -21,17 +21,18 @@ from configs import demo  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def _config(method):
+  """The demo runlocal's stage 2 (``method``), no dropout."""
   c = demo.get_config(f"runlocal,method={method}")
+  c = train.with_overrides(c, {**c.stages[1], "stages": ()})
   c.model.dropout_rate = 0.0
-  with c.unlocked():
-    c.update({k: v for k, v in dict(c.stages[1]).items() if k != "name"})
   return c
 
 
 def _run(config, kind, num_devices, num_steps):
   data = sources.open_sources(config)
   batch = next(iter(pipeline.train_dataset(
-      data.train, crop_size=config.crop_size, batch_size=config.batch_size,
+      data.train, crop_size=config.input.crop_size,
+      batch_size=config.input.batch_size,
       seed=0)))
   model = train.build_model(config, data.num_classes)
   tx = train.make_optimizer(config)
@@ -109,34 +110,64 @@ def test_bad_parallel_kind_and_batch():
 
 
 @pytest.mark.parametrize("method", ["gd", "soft_sl"])
-def test_dense_capacity_reaches_the_step_and_an_overflow_stops_it(method):
-  """config.dense_capacity is the lattice capacity of the GD loss and of the
-  solver; too small, the jitted step fails instead of dropping points."""
+def test_lattice_capacity_reaches_the_step_and_an_overflow_stops_it(method):
+  """config.energy.lattice_capacity is the lattice capacity of the GD loss
+  and of the solver; too small, the jitted step fails instead of dropping
+  points."""
   config = _config(method)
-  config.update(neighborhood="dense", relaxation="q", dense_capacity=4,
-                dense_scale_factor=0.5, solver_steps=2)
-  with pytest.raises(Exception, match="overflow.*config.dense_capacity"):
+  config.energy.update(neighborhood="dense", relaxation="q",
+                       lattice_capacity=4, scale_factor=0.5)
+  config.solver.num_steps = 2
+  steps.check_config(config)
+  with pytest.raises(Exception,
+                     match="overflow.*config.energy.lattice_capacity"):
     _run(config, "shard_map", 1, 1)
+  config.energy.lattice_capacity = -1
+  with pytest.raises(ValueError, match="config.energy.lattice_capacity.*-1"):
+    steps.check_config(config)
 
 
 def test_solver_warm_start_reaches_the_step():
-  """config.solver_warm_start="coarse" starts the step's solver from the
+  """config.solver.warm_start="coarse" starts the step's solver from the
   pooled problem; bad values name the key."""
   config = _config("soft_sl")
-  config.update(solver_steps=3)
-  assert "warm_start" not in steps.solver_options(config)
+  config.solver.num_steps = 3
+  assert steps.energy_and_options(config)[1].warm_start == ""
   _, plain = _run(config, "shard_map", 1, 1)
-  config.update(solver_warm_start="coarse", solver_warm_start_steps=4)
-  options = steps.solver_options(config)
-  assert (options["warm_start"], options["warm_start_steps"]) == ("coarse", 4)
+  config.solver.update(warm_start="coarse", warm_start_steps=4)
+  _, options = steps.energy_and_options(config)
+  assert (options.warm_start, options.warm_start_steps) == ("coarse", 4)
   _, warm = _run(config, "shard_map", 1, 1)
   assert np.isfinite(float(warm["energy"]))
   # 4 coarse steps before the 3 fine ones reach a lower energy.
   assert float(warm["energy"]) < float(plain["energy"])
-  for bad, match in ((dict(solver_warm_start="fine"), "unknown warm_start"),
-                     (dict(neighborhood="dense"), "nn4 and nn8"),
-                     (dict(solver_warm_start_steps=-1), "int >= 0")):
+  for key, value, match in (
+      ("solver.warm_start", "fine", "solver.warm_start: unknown warm_start"),
+      ("energy.neighborhood", "dense", "solver.warm_start: .*nn4 and nn8"),
+      ("solver.warm_start_steps", -1, "solver.warm_start_steps: .*int >= 0")):
     c = _config("soft_sl")
-    c.update({"solver_warm_start": "coarse", **bad})
-    with pytest.raises(ValueError, match="config.solver_warm_start.*" + match):
-      steps.solver_options(c)
+    c.solver.warm_start = "coarse"
+    section, name = key.split(".")
+    c[section][name] = value
+    if name == "neighborhood":
+      c.energy.relaxation = "q"
+    with pytest.raises(ValueError, match="config." + match):
+      steps.check_config(c)
+
+
+@pytest.mark.parametrize("method", ["soft_sl", "hard_sl_gc"])
+def test_energy_metric_of_the_step(method):
+  """``energy``: the solver's E(y) of the soft y; of the hard methods' one-hot
+  y, the discrete Potts energy (H_CE + P_BL), whatever the config's
+  relaxation (the graph cut's y does not depend on it either)."""
+  config = _config(method)
+  config.solver.num_steps = 3
+  _, metrics = _run(config, "shard_map", 1, 1)
+  assert np.isfinite(float(metrics["energy"]))
+  config.energy.relaxation = "q"  # Only soft_sl's energy depends on it.
+  _, other = _run(config, "shard_map", 1, 1)
+  if method == "soft_sl":
+    assert float(other["energy"]) != float(metrics["energy"])
+  else:
+    np.testing.assert_allclose(float(other["energy"]),
+                               float(metrics["energy"]), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Tests of potts_jax.torch_checkpoint: PyTorch checkpoints read without torch.
+"""Tests of potts_jax.models.torch_checkpoint: PyTorch checkpoints read without torch.
 
 Checkpoints are written here without torch, by the pickle writer of
 :mod:`tests.torch_pickle`, so no stand-in ``torch`` module is ever put in
@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from potts_jax import torch_checkpoint as tc
+from potts_jax.models import torch_checkpoint as tc
 from tests.torch_pickle import (FORMATS, Global, ODict, PersistentId, Reduce,
                                 Storage, Tensor, assert_same, contiguous,
                                 dumps, legacy_bytes, write_legacy, write_zip)
@@ -214,7 +214,7 @@ def test_rejects_out_of_bounds_strides(write):
 def test_never_imports_torch(tmp_path):
   path = write_legacy(tmp_path / "a.pth", ODict(w=contiguous(ARRAYS["int8"])))
   code = ("import sys; sys.modules['torch'] = None; "  # import torch fails.
-          "from potts_jax import torch_checkpoint as tc; "
+          "from potts_jax.models import torch_checkpoint as tc; "
           f"print(tc.load({str(path)!r})['w'].sum())")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True,
                        text=True, check=True,

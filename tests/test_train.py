@@ -24,6 +24,7 @@ from PIL import Image
 import pytest
 
 from potts_jax import checkpointing
+from potts_jax import evaluation
 from potts_jax import parallel
 from potts_jax import steps
 from potts_jax import train
@@ -126,7 +127,7 @@ def test_demo_runlocal_trains_both_stages(reference):
     m = json.loads((d / "metrics.json").read_text())
     assert m["step"] == steps and 0.0 <= m["miou"] <= 1.0
     assert "full image, single scale" in m["protocol"]
-    assert json.loads((d / "config.json").read_text())["method"] == (
+    assert json.loads((d / "config.json").read_text())["loss"]["method"] == (
         "pce" if stage == "stage1" else "soft_sl")
   # keep_checkpoints=3 of stage 1's saves at 2, 4, 5.
   assert sorted(int(p.name) for p in (workdir / "stage1/checkpoints")
@@ -251,13 +252,13 @@ def _alone(graphdef, state, image):
 def test_full_protocol_equals_each_image_alone(small_net):
   c, graphdef, state = small_net
   c = ml_collections.ConfigDict(c.to_dict())
-  c.eval_protocol = "full"
+  c.eval.protocol = "full"
   source = _sized_source(SIZES)
   alone = [_alone(graphdef, state, e["image"]) for e in source]
   # The eval path's batches (several sizes in one call), through the network.
   model_logits = jax.jit(lambda s, x: _model_logits(graphdef, s, x))
   seen = 0
-  for batch in train.eval_dataset(source, c, batch_size=4, process_index=0,
+  for batch in evaluation.eval_dataset(source, c, batch_size=4, process_index=0,
                                   process_count=1):
     logits = np.asarray(model_logits(state, jnp.asarray(batch["image"])))
     for b in np.flatnonzero(batch["valid"]):
@@ -268,13 +269,13 @@ def test_full_protocol_equals_each_image_alone(small_net):
       seen += 1
   assert seen == len(source)
   # predictions(): the same, as probabilities.
-  got = {n: p for n, p, _ in train.predictions(graphdef, state, source, c)}
+  got = {n: p for n, p, _ in evaluation.predictions(graphdef, state, source, c)}
   for i, logits in enumerate(alone):
     np.testing.assert_allclose(got[str(i)], jax.nn.softmax(logits, -1),
                                atol=1e-5)
   # The padded protocol is not exact: its padding enters the network.
-  c.eval_protocol, c.eval_pad_to = "padded", (64, 64)
-  padded = {n: p for n, p, _ in train.predictions(graphdef, state, source, c)}
+  c.eval.protocol, c.eval.pad_to = "padded", (64, 64)
+  padded = {n: p for n, p, _ in evaluation.predictions(graphdef, state, source, c)}
   gap = max(float(np.abs(padded[str(i)] - jax.nn.softmax(a, -1)).max())
             for i, a in enumerate(alone))
   assert gap > 1e-3
@@ -289,13 +290,13 @@ def _model_logits(graphdef, state, x):
 def test_full_protocol_confusion_matrix_of_the_eval_step(small_net):
   c, graphdef, state = small_net
   c = ml_collections.ConfigDict(c.to_dict())
-  c.eval_protocol, c.eval_batch_size = "full", 4
+  c.eval.protocol, c.eval.batch_size = "full", 4
   source = _sized_source(SIZES)
   par = parallel.DataParallel("shard_map")
   eval_fn = par.step(functools.partial(
       steps.eval_step, graphdef=graphdef, num_classes=3),
       replicated=(True, False))
-  cm = train.evaluate(par, eval_fn, par.replicate(state), source, c, 3,
+  cm = evaluation.evaluate(par, eval_fn, par.replicate(state), source, c, 3,
                       cache={})
   want = np.zeros((3, 3), np.int64)
   for e in source:
@@ -307,12 +308,12 @@ def test_full_protocol_confusion_matrix_of_the_eval_step(small_net):
 def test_center_crop_protocol_equals_crop_then_predict(small_net):
   c, graphdef, state = small_net
   c = ml_collections.ConfigDict(c.to_dict())
-  c.eval_protocol, c.eval_crop_size = "center_crop", 32
+  c.eval.protocol, c.eval.crop_size = "center_crop", 32
   source = _sized_source(SIZES)
   # Independently: rloss's FixScaleCrop(32) by hand, (oh, ow) and (y1, x1).
   crops = {(37, 50): ((32, 43), (0, 6)), (50, 37): ((43, 32), (6, 0)),
            (29, 29): ((32, 32), (0, 0)), (40, 47): ((32, 37), (0, 2))}
-  got = {n: (p, m) for n, p, m in train.predictions(graphdef, state, source,
+  got = {n: (p, m) for n, p, m in evaluation.predictions(graphdef, state, source,
                                                      c)}
   for i, e in enumerate(source):
     (oh, ow), (y1, x1) = crops[e["mask"].shape]
@@ -328,24 +329,24 @@ def test_center_crop_protocol_equals_crop_then_predict(small_net):
 
 def test_protocol_names_the_protocol():
   c = _config()
-  c.eval_protocol = "full"
-  text = train.protocol(c, "demo")
+  c.eval.protocol = "full"
+  text = evaluation.protocol(c, "demo")
   assert "full image, single scale (each image at its own size, unpadded" \
          in text
-  c.eval_protocol, c.eval_crop_size = "center_crop", 513
+  c.eval.protocol, c.eval.crop_size = "center_crop", 513
   assert ("rloss centre crop, single scale (FixScaleCrop 513: short side "
-          "resized to 513") in train.protocol(c, "demo")
-  c.eval_protocol, c.eval_pad_to = "padded", (512, 512)
-  c.eval_flip = True
-  text = train.protocol(c, "demo")
+          "resized to 513") in evaluation.protocol(c, "demo")
+  c.eval.protocol, c.eval.pad_to = "padded", (512, 512)
+  c.eval.flip = True
+  text = evaluation.protocol(c, "demo")
   assert ("padded, single scale, flip (each image at the top left of a "
           "512x512 zero canvas") in text
   assert "the padding enters the network" in text
-  c.eval_pad_to = ()
-  assert "largest image of its batch of 4" in train.protocol(c, "demo")
-  c.eval_protocol = "tiled"
-  with pytest.raises(ValueError, match="eval_protocol"):
-    train.protocol(c, "demo")
+  c.eval.pad_to = ()
+  assert "largest image of its batch of 4" in evaluation.protocol(c, "demo")
+  c.eval.protocol = "tiled"
+  with pytest.raises(ValueError, match="config.eval.protocol"):
+    evaluation.protocol(c, "demo")
 
 
 def test_with_best_keeps_the_final_and_adds_the_best():
@@ -355,7 +356,7 @@ def test_with_best_keeps_the_final_and_adds_the_best():
              {"step": 4, "miou": 0.61, "pixel_accuracy": 0.71},  # Re-run.
              {"step": 5, "miou": None, "pixel_accuracy": 0.1}]
   final = {"step": 8, "miou": 0.5, "pixel_accuracy": 0.6, "protocol": "p"}
-  record = train.with_best(final, history)
+  record = evaluation.with_best(final, history)
   assert record["miou"] == record["final_miou"] == 0.5
   assert (record["best_miou"], record["best_step"],
           record["best_pixel_accuracy"]) == (0.61, 4, 0.71)
@@ -366,7 +367,7 @@ def test_with_best_keeps_the_final_and_adds_the_best():
 def test_eval_every_reports_final_and_best(tmp_path, caplog):
   c = _config()
   c.stages = ()
-  c.total_steps, c.eval_every, c.checkpoint_every = 2, 1, 2
+  c.total_steps, c.eval.every, c.checkpoint_every = 2, 1, 2
   c.image_every, c.figure = 0, False
   caplog.set_level("INFO")
   record = train.train_and_evaluate(c, str(tmp_path))

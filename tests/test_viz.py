@@ -1,4 +1,4 @@
-"""Tests of potts_jax.viz and potts_jax.figures: values and no pyplot state."""
+"""Tests of potts_jax.plots.viz and potts_jax.plots.figures: values and no pyplot state."""
 
 import os
 import subprocess
@@ -8,9 +8,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from potts_jax import figures
-from potts_jax import viz
-
+from potts_jax.plots import figures
+from potts_jax.plots import viz
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -121,8 +120,7 @@ def test_figure_helpers_reject_mismatched_shapes():
 _NO_PYPLOT = """
 import sys
 import numpy as np
-from potts_jax import figures, viz
-
+from potts_jax.plots import figures, viz
 x = np.linspace(0, 1, 9)
 grid = np.add.outer(x, x)
 points = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1/3, 1/3, 1/3],

@@ -1,4 +1,4 @@
-"""Tests of potts_jax.data.voc_builder (the TFDS ``voc_scribble`` builder).
+"""Tests of potts_jax.data.builders.voc_builder (the TFDS ``voc_scribble`` builder).
 
 A miniature VOC tree is built in a temporary folder from the real files of
 ``shared/data/voc_scribblesup`` (2007_000032 in train_aug, 2007_000033 in
@@ -21,8 +21,7 @@ import tensorflow_datasets as tfds
 
 from potts_jax.data import scribbles
 from potts_jax.data import scribblesup
-from potts_jax.data import voc_builder
-
+from potts_jax.data.builders import voc_builder
 REAL = ("2007_000032", "2007_000033")
 HAND = "hand"
 # Long disjoint strokes in a 500x366 image: (tag, class id, points).

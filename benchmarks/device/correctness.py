@@ -8,8 +8,8 @@ Checks, each one JSON row with its measured difference and ``ok``:
   padding), max |Δy| against the tolerance of ``tests/test_cpu_solver.py``
   (2e-5: two float32 loops summing in different orders);
 * ``dense``: the dense Potts energy and gradient
-  (:func:`potts_jax.bilateral.dense_energy` on a lattice from
-  :func:`~potts_jax.bilateral.prepare`), ``q`` and ``bl``, relative
+  (:func:`potts_jax.dense.bilateral.dense_energy` on a lattice from
+  :func:`~potts_jax.dense.bilateral.prepare`), ``q`` and ``bl``, relative
   differences (1e-4: the lattice's float32 splat sums, atomics on a GPU);
 * ``train_step``: one step of each method (``pce``, ``gd``, ``soft_sl``,
   ``hard_sl``) of ``configs/demo.py:runlocal``'s stage 2 on the accelerator:
@@ -38,15 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import demo
-from potts_jax import bilateral
-from potts_jax import cpu_solver
+from potts_jax.dense import bilateral
+from potts_jax.solver import native
 from potts_jax import parallel
 from potts_jax import solver
 from potts_jax import train
 from potts_jax.data import pipeline
 from potts_jax.data import sources
 from potts_jax.data import synthetic
-
 SOLVER_TOL = 2e-5
 DENSE_TOL = 1e-4
 PARALLEL_TOL = 1e-5
@@ -96,9 +95,8 @@ def check_dense(rec, accel, cpu):
 
 def _demo_config(method):
   c = demo.get_config(f"runlocal,method={method}")
+  c = train.with_overrides(c, {**c.stages[1], "stages": ()})
   c.model.dropout_rate = 0.0
-  with c.unlocked():
-    c.update({k: v for k, v in dict(c.stages[1]).items() if k != "name"})
   return c
 
 
@@ -107,7 +105,8 @@ def _steps(config, kind, num_steps):
   default device: ``(state, scalars)`` as numpy."""
   data = sources.open_sources(config)
   batch = next(iter(pipeline.train_dataset(
-      data.train, crop_size=config.crop_size, batch_size=config.batch_size,
+      data.train, crop_size=config.input.crop_size,
+      batch_size=config.input.batch_size,
       seed=0, worker_count=0)))
   model = train.build_model(config, data.num_classes)
   tx = train.make_optimizer(config)
@@ -165,7 +164,7 @@ def main(argv=None) -> int:
   if args.dry_run:  # The suite's code paths, in less CPU time.
     cases, methods = [("cd", "nn4"), ("q", "nn8")], ("soft_sl",)
   else:
-    cases = [(r, n) for n in ("nn4", "nn8") for r in cpu_solver.RELAXATIONS]
+    cases = [(r, n) for n in ("nn4", "nn8") for r in native.RELAXATIONS]
     methods = tuple(m for m in args.methods.split(",") if m)
   checks = [("solver", lambda: check_solver(rec, accel, cpu, cases)),
             ("dense", lambda: check_dense(rec, accel, cpu)),

@@ -12,7 +12,7 @@ the git-ignored folder ``.device/`` that travels along (the device tool's
                                their dependencies, minus :data:`ON_DEVICE`),
                                at the versions installed here
 ``.device/weights/mobilenet_v2``  torchvision's ImageNet MobileNetV2,
-                               converted by :mod:`potts_jax.pretrained`
+                               converted by :mod:`potts_jax.models.pretrained`
 ``.device/tfds/``              CamVid at full size (240x180) as the TFDS
                                ``folder`` dataset ``camvid_synthetic_x1``
                                (synthetic scribbles, seed 0), part c's data
@@ -146,7 +146,7 @@ def convert_weights(dst: pathlib.Path) -> tuple[str, pathlib.Path, str]:
                      "==1.0.1 (the Makefile does)")
   src = (pathlib.Path(list(spec.submodule_search_locations)[0]) / "weights"
          / "mobilenet_v2-b0353104.pth")
-  subprocess.run([sys.executable, "-m", "potts_jax.pretrained", "convert",
+  subprocess.run([sys.executable, "-m", "potts_jax.models.pretrained", "convert",
                   "--arch", "mobilenet_v2", "--src", str(src), "--dst",
                   str(dst)], check=True, cwd=REPO, env=dict(
                       os.environ, JAX_PLATFORMS="cpu"))
@@ -158,7 +158,7 @@ def prepare_camvid(data_dir: pathlib.Path) -> tuple[str, pathlib.Path, str]:
   how = "found" if target.is_dir() else "prepared"
   if how == "prepared":
     sys.path.insert(0, str(REPO))
-    from potts_jax.data import folder_builder  # pylint: disable=import-outside-toplevel
+    from potts_jax.data.builders import folder_builder  # pylint: disable=import-outside-toplevel
     folder_builder.prepare(SHARED / "camvid", data_dir, name=CAMVID_NAME,
                            scribble_set="synthetic", seed=0, downscale=1)
   return (f"tfds folder/{CAMVID_NAME}", target, how)

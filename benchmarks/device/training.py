@@ -102,8 +102,10 @@ def estimate(program: tuple, measured: list[dict], prior: float) -> float:
 
 
 def tiny_camvid(tmp: str) -> dict:
-  """A few CamVid frames prepared at 1/4 size; the config keys to read them."""
-  from potts_jax.data import builder_base, folder, folder_builder  # pylint: disable=g-import-not-at-top
+  """A few CamVid frames prepared at 1/4 size; the ``config.input`` keys to
+  read them."""
+  from potts_jax.data.builders import builder_base, folder_builder  # pylint: disable=g-import-not-at-top
+  from potts_jax.data import folder  # pylint: disable=g-import-not-at-top
   src = os.path.join(tmp, "camvid_tiny")
   for split, count in (("train", 6), ("val", 3), ("test", 3)):
     names = builder_base.read_list(CAMVID / f"{split}.txt")[:count]
@@ -134,21 +136,23 @@ def make_config(variant: str, args, data: dict, init_from: str):
     variant += f",lr2={LR2},steps2={steps}"
   c = camvid_small.get_config(variant)
   c.update_from_flattened_dict({
-      "seed": 0, "total_steps": steps, "crop_size": args.crop,
-      "batch_size": args.batch, "eval_batch_size": 3 if args.dry_run else 16,
+      "seed": 0, "total_steps": steps, "input.crop_size": args.crop,
+      "input.batch_size": args.batch,
+      "eval.batch_size": 3 if args.dry_run else 16,
       "model.pretrained_dir": args.weights, "init_from": init_from,
-      "worker_count": 0, "checkpoint_every": steps,
+      "input.worker_count": 0, "checkpoint_every": steps,
       "log_every": min(50, max(1, steps // 4)), "keep_checkpoints": 1,
-      "image_every": 0, "figure": False, **data})
+      "image_every": 0, "figure": False,
+      **{f"input.{k}": v for k, v in data.items()}})
   if args.dry_run:
     c.update_from_flattened_dict({
-        "solver_steps": 5, "model.width": 0.35, "model.channels": 16,
+        "solver.num_steps": 5, "model.width": 0.35, "model.channels": 16,
         "model.low_level_channels": 8})
-  if c.dataset == "demo":
-    c.demo = ml_collections.ConfigDict(dict(
+  if c.input.dataset == "demo":
+    c.input.demo = ml_collections.ConfigDict(dict(
         height=32, width=32, num_classes=3, train_size=8, val_size=4,
         max_fraction=0.03))
-    c.eval_split = "val"
+    c.eval.split = "val"
   return c
 
 
@@ -178,7 +182,8 @@ def main(argv=None) -> int:
       setattr(args, key, cpu if dry else gpu)
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   from potts_jax import train  # pylint: disable=g-import-not-at-top
-  from potts_jax.data import builder_base, sources  # pylint: disable=g-import-not-at-top
+  from potts_jax.data.builders import builder_base  # pylint: disable=g-import-not-at-top
+  from potts_jax.data import sources  # pylint: disable=g-import-not-at-top
   machine = common.machine()
   rec.emit("machine", **machine)
   with tempfile.TemporaryDirectory(prefix="device_c_") as tmp:
@@ -223,10 +228,10 @@ def main(argv=None) -> int:
         continue
       try:
         config = make_config(variant, args, data, stage1)
-        program = (config.method, config.total_steps, config.lr)
+        program = (config.loss.method, config.total_steps, config.optim.lr)
         guess = estimate(program, measured, PRIOR_S[dry])
         if guess * MARGIN + SLACK_S > budget.left():
-          rec.emit(name, method=config.method, skipped="budget",
+          rec.emit(name, method=config.loss.method, skipped="budget",
                    estimate_s=round(guess, 1),
                    seconds_left=round(budget.left(), 1))
           failed.append(name)
@@ -241,19 +246,21 @@ def main(argv=None) -> int:
           break
         split = clock.split(start, start + wall)
         if split:  # Empty for a run read back from a finished --workdir.
-          measured.append(dict(split, method=config.method, program=program))
+          measured.append(dict(split, method=config.loss.method,
+                               program=program))
         miou[name] = record["miou"]
         rec.emit(
-            name, method=config.method, steps=config.total_steps,
+            name, method=config.loss.method, steps=config.total_steps,
             miou=record["miou"], pixel_accuracy=record["pixel_accuracy"],
             iou={k: None if v is None or math.isnan(v) else v
                  for k, v in record["iou"].items()},
             protocol=record["protocol"], wall_s=round(wall, 1),
             read_back=not split,
             **{k: round(v, 3) for k, v in split.items()},
-            estimate_s=round(guess, 1), crop=config.crop_size,
-            batch=config.batch_size, image_size=image_size, lr=config.lr,
-            solver_steps=config.solver_steps, weights=weights,
+            estimate_s=round(guess, 1), crop=config.input.crop_size,
+            batch=config.input.batch_size, image_size=image_size,
+            lr=config.optim.lr, solver_steps=config.solver.num_steps,
+            weights=weights,
             init_from=config.init_from,
             peak_bytes_so_far=common.peak_memory_bytes(), machine=machine)
         if name == "stage1":

@@ -14,6 +14,10 @@ numpy / PIL only (it runs in grain's workers; see
 4. a random ``crop_size x crop_size`` crop;
 5. with probability ``blur_prob`` a Gaussian blur of the image (PIL radius
    uniform in ``[0, 1)``, as in rloss).
+
+:func:`read_indexed` reads example ``i`` of a source; an example that cannot
+be read or decoded raises :class:`ExampleError` naming the dataset, the split
+and the example (:func:`describe_source`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from PIL import Image
 from PIL import ImageFilter
 
 from potts_jax.labels import PADDING
-
 LABEL_KEYS = ("mask", "scribbles")
+
+
+class ExampleError(ValueError):
+  """An example of a source cannot be read, decoded or checked."""
 
 
 def _name(example: dict[str, Any]) -> str:
@@ -34,7 +41,7 @@ def _name(example: dict[str, Any]) -> str:
   if isinstance(name, np.ndarray):
     name = name.item()
   if isinstance(name, bytes):
-    name = name.decode("utf-8")
+    name = name.decode("utf-8", "replace")
   return str(name)
 
 
@@ -74,6 +81,52 @@ def read_example(example: dict[str, Any]) -> dict[str, Any]:
                        f"{label.shape} {label.dtype}")
     out[key] = label
   return out
+
+
+def describe_source(source: Any) -> str:
+  """The dataset and split of a source, as errors name them.
+
+  A TFDS data source (the prepared datasets): ``dataset voc_scribble/
+  augmented/1.0.0, split 'train', in DATA_DIR``; a source with a ``split``
+  attribute (the demo): ``DemoSource, split 'train'``; any other: its type
+  and length.
+  """
+  info = getattr(source, "dataset_info", None)
+  split = getattr(source, "split", None)
+  if info is not None:
+    return (f"dataset {info.full_name}, split {str(split)!r}, in "
+            f"{info.data_dir}")
+  try:
+    size = f" of {len(source)} examples"
+  except TypeError:
+    size = ""
+  if split is not None:
+    return f"{type(source).__name__}{size}, split {str(split)!r}"
+  return f"a {type(source).__name__} source{size}"
+
+
+def read_indexed(source: Any, index: int) -> dict[str, Any]:
+  """:func:`read_example` of ``source[index]``, its errors naming the example.
+
+  Raises:
+    ExampleError: naming the dataset and split (:func:`describe_source`), the
+      index and, when it was decoded, the example's name, with the cause
+      chained: the source could not read or decode the record (a corrupt
+      file, an undecodable image) or :func:`read_example` rejected it.
+  """
+  try:
+    example = source[index]
+  except Exception as e:  # pylint: disable=broad-except
+    raise ExampleError(
+        f"cannot read example {index} of {describe_source(source)}: "
+        f"{type(e).__name__}: {e}") from e
+  try:
+    return read_example(example)
+  except Exception as e:  # pylint: disable=broad-except
+    name = f" ({_name(example)!r})" if isinstance(example, dict) else ""
+    raise ExampleError(
+        f"example {index}{name} of {describe_source(source)} is invalid: "
+        f"{type(e).__name__}: {e}") from e
 
 
 def _resize(array: np.ndarray, size: tuple[int, int],

@@ -2,7 +2,7 @@ r"""The demo dataset's scenes: textured shapes with skeleton scribbles.
 
 Every example is drawn from ``np.random.default_rng([seed, crc32(split),
 index])`` with numpy and PIL only (:func:`make_example`), so it depends on
-``(seed, split, index)`` and on nothing else. :mod:`potts_jax.data.demo_builder`
+``(seed, split, index)`` and on nothing else. :mod:`potts_jax.data.builders.demo_builder`
 serves and prepares them as the ``demo`` dataset.
 
 The scene (``height x width``, default 96 x 96, ``K = num_classes``, default
@@ -33,8 +33,8 @@ noise and texture: the 4-NN affinities ``exp(-|ΔI|² / (2·9²))`` of the
 solver (σ_rgb 9 on 0..255 RGB) average about 0.5 inside regions and about
 0.001 across boundaries (measured by the tests).
 
-Scribbles: :func:`potts_jax.data.scribbles.skeleton_scribbles` of the mask
-(skeletons of the regions eroded by 3 px, 3 px wide, cut to
+Scribbles: :func:`potts_jax.data.synthetic_scribbles.skeleton_scribbles` of
+the mask (skeletons of the regions eroded by 3 px, 3 px wide, cut to
 ``max_fraction``, default 3%, of the pixels; seed drawn from the example's
 generator), so they lie in the interior of the regions and never contradict
 the mask. The labeled fraction is 2.9-3.0% of the pixels for the default
@@ -233,7 +233,7 @@ def make_example(index: int, *, seed: int = 0, split: str = "train",
     ``"<split>_<index:05d>"``): the layout of a prepared source's examples
     (there ``name`` is ``bytes``).
   """
-  from potts_jax.data import scribbles as scribbles_lib  # pylint: disable=g-import-not-at-top
+  from potts_jax.data import synthetic_scribbles as scribbles_lib  # pylint: disable=g-import-not-at-top
 
   if index < 0:
     raise ValueError(f"index {index} is negative")

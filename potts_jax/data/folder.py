@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 
 from potts_jax.labels import PADDING
-
 class Example(NamedTuple):
   """One image with its labels, as numpy arrays."""
 
@@ -50,17 +49,25 @@ def image_path(root: pathlib.Path, name: str) -> pathlib.Path:
 
 
 def label_image(path: pathlib.Path, size: tuple[int, int]) -> Image.Image:
-  """The 'L'/'P' label PNG at ``path``; raises naming it when missing, of
-  another mode, or not of ``size`` (``(width, height)``, PIL's order)."""
+  """The 'L'/'P' label PNG at ``path``, decoded; raises naming it when
+  missing (FileNotFoundError), not a readable image (random bytes,
+  truncated, a decompression bomb), of another mode, or not of ``size``
+  (``(width, height)``, PIL's order) (ValueError). Mode and size are checked
+  on the header, before the pixels are decoded."""
   if not path.is_file():
     raise FileNotFoundError(f"label file {path} not found")
-  label = Image.open(path)
-  if label.mode not in ("L", "P"):
-    raise ValueError(f"{path}: expected a single-channel PNG ('L'), got mode "
-                     f"{label.mode!r}")
-  if label.size != size:
-    raise ValueError(f"{path}: size {label.size} differs from its image's "
-                     f"{size}")
+  try:
+    label = Image.open(path)
+    if label.mode not in ("L", "P"):
+      raise ValueError(f"{path}: expected a single-channel PNG ('L'), got "
+                       f"mode {label.mode!r}")
+    if label.size != size:
+      raise ValueError(f"{path}: size {label.size} differs from its image's "
+                       f"{size}")
+    label.load()
+  except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+    raise ValueError(f"{path}: cannot decode image ({type(e).__name__}: "
+                     f"{e})") from e
   return label
 
 

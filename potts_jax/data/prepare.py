@@ -4,7 +4,8 @@
       --root=DOWNLOADED_FILES --data_dir=DIR
 
 writes ``DIR/<builder>/<config>/<version>/``; training then reads it with
-``--config.dataset=DATASET --config.dataset_config=NAME --config.data_dir=DIR``
+``--config.input.dataset=DATASET --config.input.dataset_config=NAME
+--config.input.data_dir=DIR``
 (the last line printed says so). Preparing again finds it and does nothing.
 A missing or bad file fails with an error naming it and leaves nothing
 readable. Per dataset, the configs and what ``--root`` must hold:
@@ -89,16 +90,16 @@ class OptionError(ValueError):
 
 
 def demo_options(name: str) -> dict[str, Any]:
-  """The :class:`~potts_jax.data.demo_builder.DemoConfig` options of a name.
+  """The :class:`~potts_jax.data.builders.demo_builder.DemoConfig` options of a name.
 
-  The inverse of :func:`potts_jax.data.demo_builder.config_name`.
+  The inverse of :func:`potts_jax.data.builders.demo_builder.config_name`.
 
   Raises:
     ValueError: when ``name`` is not such a name.
   """
   # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds
-  from potts_jax.data import demo_builder
+  from potts_jax.data.builders import demo_builder
   defaults = demo_builder.DemoConfig(name="default")
   base = {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
   fields = [f.name for f in dataclasses.fields(defaults) if f.name not in base]
@@ -150,19 +151,19 @@ def prepare(dataset: str, config: str, root: str | pathlib.Path | None,
     if value is not None and dataset != "folder":
       raise OptionError(f"--{option} applies to folder only, not {dataset}")
   if dataset in ("demo", "demo_tfds"):
-    from potts_jax.data import demo_builder
+    from potts_jax.data.builders import demo_builder
     return demo_builder.prepare(data_dir, name=config, **demo_options(config))
   if not root:
     raise OptionError(f"{dataset} needs --root, the folder of the downloaded "
                      "files (see --help)")
   if dataset == "voc_scribble":
-    from potts_jax.data import voc_builder
+    from potts_jax.data.builders import voc_builder
     return voc_builder.prepare(root, data_dir, config=config)
   if dataset in _BLOCK:
-    from potts_jax.data import block_builders
+    from potts_jax.data.builders import block_builders
     return block_builders.prepare(root, data_dir, dataset=dataset,
                                   config=config, seed=seed)
-  from potts_jax.data import folder_builder
+  from potts_jax.data.builders import folder_builder
   return folder_builder.prepare(root, data_dir, name=config or None,
                                 scribble_set=scribble_set, splits=splits,
                                 seed=seed or 0)
@@ -190,10 +191,11 @@ def main(argv: Sequence[str]) -> None:
   # The names training uses (potts_jax/data/sources.py): the prepared demo is
   # demo_tfds; a folder is named by its root (prepared there on first use).
   training = "demo_tfds" if dataset == "demo" else dataset
-  flags_line = (f"--config.dataset={training} --config.dataset_config={name} "
-                f"--config.data_dir={data_dir}")
+  flags_line = (f"--config.input.dataset={training} "
+                f"--config.input.dataset_config={name} "
+                f"--config.input.data_dir={data_dir}")
   if dataset == "folder":
-    flags_line += f" --config.folder_root={FLAGS.root}"
+    flags_line += f" --config.input.folder_root={FLAGS.root}"
   print(f"Train on it with {flags_line}")
 
 

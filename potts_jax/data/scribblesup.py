@@ -25,7 +25,6 @@ from typing import Iterable
 import numpy as np
 
 from potts_jax.data import scribbles
-
 TAGS: tuple[str, ...] = (
     "background", "plane", "bike", "bird", "boat", "bottle", "bus", "car",
     "cat", "chair", "cow", "table", "dog", "horse", "motorbike", "person",
@@ -34,6 +33,20 @@ TAGS: tuple[str, ...] = (
 """ScribbleSup tag names in class-id order (PASCAL VOC 2012, 0..20)."""
 
 _TAG_ID = {name: i for i, name in enumerate(TAGS)}
+
+MAX_XML_BYTES = 1 << 20
+"""Largest annotation :func:`parse_xml` reads (ScribbleSup files are ~2 KB)."""
+
+
+class _NoDoctype(ET.TreeBuilder):
+  """Refuses DOCTYPE declarations, where entities are declared: no entity
+  expansion (billion laughs), no external entity or DTD (XXE). ScribbleSup
+  files have none."""
+
+  def doctype(self, name, pubid, system):
+    del name, pubid, system
+    raise ValueError("DOCTYPE declarations are not allowed (no entities, no "
+                     "external DTD)")
 
 
 def parse_xml(text_or_path: str | pathlib.Path
@@ -48,6 +61,9 @@ def parse_xml(text_or_path: str | pathlib.Path
       </polygon> ...
     </annotation>
 
+  Files are untrusted: a DOCTYPE (hence any entity declaration or external
+  entity) is refused, and so is anything over :data:`MAX_XML_BYTES`.
+
   Args:
     text_or_path: the XML text, or a path (``pathlib.Path``, or a ``str``
       that does not start with ``<``) to the file.
@@ -56,33 +72,49 @@ def parse_xml(text_or_path: str | pathlib.Path
     The strokes in file order, labels from :data:`TAGS`.
 
   Raises:
-    ValueError: on malformed XML, an unknown tag, a polygon without points or
-      a bad coordinate; the message names the file when given a path.
+    FileNotFoundError: no file at the path.
+    ValueError: on malformed XML, a DOCTYPE, an input over
+      :data:`MAX_XML_BYTES`, a root other than ``<annotation>``, an unknown
+      tag, a polygon without points or a missing, non-numeric or non-finite
+      coordinate; the message names the file when given a path.
   """
   if isinstance(text_or_path, pathlib.Path) or not str(
       text_or_path).lstrip().startswith("<"):
     path = pathlib.Path(text_or_path)
-    text = path.read_text()
-    where = f"{path}: "
+    where, size = f"{path}: ", path.stat().st_size
+    data = path.read_bytes() if size <= MAX_XML_BYTES else ""
   else:
-    text, where = str(text_or_path), ""
+    data, where = str(text_or_path), ""
+    size = len(data.encode())
+  if size > MAX_XML_BYTES:
+    raise ValueError(f"{where}{size} bytes, more than any ScribbleSup "
+                     f"annotation (at most MAX_XML_BYTES = {MAX_XML_BYTES})")
+  parser = ET.XMLParser(target=_NoDoctype())
   try:
-    root = ET.fromstring(text)
-  except ET.ParseError as e:
+    parser.feed(data)
+    root = parser.close()
+  except (ET.ParseError, ValueError) as e:
     raise ValueError(f"{where}malformed ScribbleSup XML: {e}") from e
+  if root.tag != "annotation":
+    raise ValueError(f"{where}not a ScribbleSup annotation: the root element "
+                     f"is <{root.tag[:40]}>, expected <annotation>")
   strokes = []
   for polygon in root.iter("polygon"):
     tag = (polygon.findtext("tag") or "").strip()
     if tag not in _TAG_ID:
-      raise ValueError(f"{where}unknown ScribbleSup tag {tag!r}; valid tags: "
-                       f"{', '.join(TAGS)}")
+      raise ValueError(f"{where}unknown ScribbleSup tag {tag[:40]!r}; valid "
+                       f"tags: {', '.join(TAGS)}")
     points = []
     for point in polygon.iter("point"):
+      x, y = point.findtext("X"), point.findtext("Y")
       try:
-        points.append((float(point.findtext("X")), float(point.findtext("Y"))))
-      except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}bad point in a {tag!r} polygon: "
-                         f"{ET.tostring(point, 'unicode').strip()}") from e
+        xy = (float(x), float(y))
+      except (TypeError, ValueError):
+        xy = (np.nan, np.nan)
+      if not np.all(np.isfinite(xy)):
+        raise ValueError(f"{where}bad point in a {tag!r} polygon: X={x!r:.40}"
+                         f", Y={y!r:.40}; expected two finite numbers")
+      points.append(xy)
     if not points:
       raise ValueError(f"{where}a {tag!r} polygon has no points")
     strokes.append(scribbles.Stroke(_TAG_ID[tag], np.array(points)))

@@ -11,7 +11,6 @@ from potts_jax.models.deeplabv3plus import DeepLabV3Plus, param_labels
 from potts_jax.models.layers import count_params, torch_keys, torch_to_flax
 from potts_jax.models.mobilenet_v2 import MobileNetV2
 from potts_jax.models.resnet import ResNet, resnet50, resnet101
-
 __all__ = [
     "DeepLabV3Plus",
     "MobileNetV2",

@@ -60,7 +60,6 @@ from flax import nnx
 from potts_jax.models import layers
 from potts_jax.models import mobilenet_v2 as mobilenet_v2_lib
 from potts_jax.models import resnet as resnet_lib
-
 Array = jax.Array
 
 BACKBONES = ("mobilenet_v2", "resnet50", "resnet101")

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from potts_jax import platforms
+
 Array = jax.Array
 Path = tuple  # an nnx.state path: str attribute names and int list indices
 
@@ -109,13 +111,20 @@ class DepthwiseConv(nnx.Conv):
   ``feature_group_count == in_features`` (tests/test_models.py). XLA:CPU's
   grouped convolution, and above all its gradient, is several times slower
   than ``sum_{dy, dx} w[dy, dx] * x[.. + dy, .. + dx]`` written out (9
-  strided slices for 3x3, fused elementwise), which is what this computes on
-  the CPU backend; other backends keep the library convolution.
+  strided slices for 3x3, fused elementwise), which is what this computes
+  where the program runs on the CPU; other platforms keep the library
+  convolution. The choice is made when the program is lowered
+  (:func:`potts_jax.platforms.on_cpu`), so the compiled program holds only
+  the chosen form.
   """
 
   def __call__(self, inputs: Array) -> Array:
-    if jax.default_backend() != "cpu" or inputs.ndim != 4:
+    if inputs.ndim != 4:  # unbatched [H, W, C]: the library convolution
       return super().__call__(inputs)
+    return platforms.on_cpu(self._shifted, super().__call__, inputs)
+
+  def _shifted(self, inputs: Array) -> Array:
+    """The CPU form: ``[B, H, W, C] -> [B, H', W', C]`` by shifted products."""
     out = shifted_depthwise(inputs, jnp.asarray(self.kernel[...], inputs.dtype),
                             strides=self.strides, padding=self.padding,
                             dilation=self.kernel_dilation)

@@ -45,7 +45,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from potts_jax.models import layers
-
 Array = jax.Array
 
 #: ``(t, c, n, s)``: expansion, output channels, blocks, stride of each stage.

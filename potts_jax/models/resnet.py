@@ -33,7 +33,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from potts_jax.models import layers
-
 Array = jax.Array
 
 #: Blocks per layer.
