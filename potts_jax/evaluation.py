@@ -16,6 +16,7 @@ import json
 import os
 from typing import Any
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -181,11 +182,24 @@ def evaluation_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_evaluations(path: str) -> list[dict[str, Any]]:
-  """The entries of an :data:`EVALUATIONS` file (``[]`` when absent)."""
+  """The entries of an :data:`EVALUATIONS` file (``[]`` when absent).
+
+  A last line cut off by a kill during its append is dropped (with a
+  warning); a bad line before it is an error naming the file and line.
+  """
   if not os.path.isfile(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f.read().split("\n") if line.strip()]
+  entries = []
+  for number, line in enumerate(lines, 1):
+    try:
+      entries.append(json.loads(line))
+    except json.JSONDecodeError as e:
+      if number < len(lines):
+        raise ValueError(f"{path}:{number}: not a JSON line ({e})") from None
+      logging.warning("%s: dropping its cut-off last line %r", path, line)
+  return entries
 
 
 def with_best(record: dict[str, Any], history: list[dict[str, Any]]

@@ -51,6 +51,7 @@ def main(argv):
   # Imports after absl parsed the flags: JAX must not start before
   # prefer_threaded_cpu_loops() (in __main__ below) set XLA_FLAGS.
   import jax  # pylint: disable=g-import-not-at-top
+  from potts_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from potts_jax import parallel  # pylint: disable=g-import-not-at-top
   from potts_jax import steps  # pylint: disable=g-import-not-at-top
   from potts_jax import train  # pylint: disable=g-import-not-at-top
@@ -68,7 +69,8 @@ def main(argv):
                jax.device_count(), jax.process_count())
   try:
     record = train.train_and_evaluate(config, workdir)
-  except (FileNotFoundError, ValueError, OSError, steps.NonFiniteError) as e:
+  except (FileNotFoundError, ValueError, OSError, steps.NonFiniteError,
+          checkpointing.CheckpointWriteError) as e:
     # A dataset that is not prepared, a bad config value, a failed save, a
     # diverged run: one line naming it, and a non-zero exit.
     logging.error("%s", e)

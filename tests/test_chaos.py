@@ -3,14 +3,14 @@
 One workdir of ``configs/demo.py:runlocal`` (stage 1: 3 pCE steps, checkpoints
 at 2 and 3; stage 2: 2 soft-SL steps, checkpoint at 2) is started again and
 again, each time with ``POTTS_JAX_FAULT`` naming the next fault point
-(:mod:`potts_jax.faults`): SIGKILL in the middle of a checkpoint write, a full
-disk while saving (the run must stop with an error naming the checkpoint
-directory, the previous checkpoint intact), SIGKILL in the first step after a
-restore, at the stage boundary and during evaluation. The last start,
-without a fault, must end with the parameters and metrics of an uninterrupted
-run (1e-6; :func:`tests.test_train._assert_same_run`). Every process is
-``python -m potts_jax.main`` with the tests' devices and persistent
-compilation cache; the reference runs in this process.
+(:mod:`potts_jax.faults`): SIGKILL in the middle of a checkpoint write, in the
+first step after a restore, at the stage boundary and during evaluation. The
+last start, without a fault, must end with the parameters and metrics of an
+uninterrupted run (1e-6; :func:`tests.test_train._assert_same_run`). Every
+process is ``python -m potts_jax.main`` with the tests' devices and
+persistent compilation cache; the reference runs in this process. (Failed
+writes: ``tests/test_checkpointing.py``; each start here costs a train-step
+compilation.)
 """
 
 import os
@@ -63,11 +63,12 @@ def _finish(process: subprocess.Popen) -> tuple[int, str]:
 
 
 def _killed_at(workdir: pathlib.Path, fault: str) -> str:
-  code, out = _finish(_start(workdir, fault))
-  point = fault.partition(":")[0]
+  process = _start(workdir, fault)
+  code, out = _finish(process)
+  point, _, n = fault.partition(":")
   assert code == -signal.SIGKILL, f"{fault}: exit {code}\n{out[-3000:]}"
-  assert f"{faults.ENV}: killing process" in out
-  assert f" at {point} (call {fault.partition(':')[2] or 1})" in out
+  assert (f"{faults.ENV}: killing process {process.pid} at {point} "
+          f"(call {n or 1})") in out
   return out
 
 
@@ -82,16 +83,6 @@ def test_killed_at_every_point_ends_like_an_uninterrupted_run(tmp_path):
   # The second save of stage 1 (step 3) cut off in the middle of its write:
   # step 2 committed, step 3 a temporary directory only.
   _killed_at(chaos, "checkpoint_write:2")
-  assert _entries(s1) == ["2", f"3{TMP}"]
-
-  # A full disk while saving step 3 (after restoring step 2: the partial
-  # step 3 ignored): the run stops with an error naming the directory, and
-  # checkpoint 2 stays as it was.
-  code, out = _finish(_start(chaos, "checkpoint_write_error"))
-  assert code == 1, out[-3000:]
-  assert "CheckpointWriteError" in out and "No space left on device" in out
-  assert f"could not write checkpoint 3 to {s1}" in out
-  assert "the newest checkpoint, 2, is unchanged" in out
   assert _entries(s1) == ["2", f"3{TMP}"]
 
   # The first step after restoring step 2 (the partial save removed).

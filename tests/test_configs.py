@@ -221,7 +221,8 @@ def test_resnet101_and_block_configs():
   r101 = voc_r101.get_config()
   assert (r101.model.backbone, r101.model.pretrained_dir) == (
       "resnet101", "weights/resnet101")
-  assert [s["optim.lr"] for s in r101.stages] == [0.007, 0.0007]
+  assert [s.get("optim.lr", r101.optim.lr) for s in r101.stages] == [
+      0.007, 0.0007]
   assert (r101.input.batch_size, r101.input.crop_size,
           r101.energy.sigma_rgb) == (12, 513, 9.0)
   for module, dataset, classes, images in (
@@ -240,7 +241,7 @@ def test_resnet101_and_block_configs():
     assert c.total_steps == math.ceil(module.EPOCHS * images / 12)
     assert module.get_config("block=20").input.dataset_config == "block20"
     both = module.get_config("stage=both")
-    assert [s["optim.lr"] for s in both.stages] == [
+    assert [s.get("optim.lr", both.optim.lr) for s in both.stages] == [
         c.optim.lr, pytest.approx(c.optim.lr / 10)]
   assert cityscapes.get_config().input.crop_size == 769
   assert ade20k.get_config().input.crop_size == 513
@@ -253,7 +254,7 @@ def test_camvid_reads_the_shared_folder():
                                     "camvid")
   assert c.input.scribble_set == "synthetic"
   assert c.total_steps == math.ceil(60 * 367 / 12)
-  assert [s["optim.lr"] for s in c.stages] == [0.007, 0.0007]
+  assert [s.get("optim.lr", c.optim.lr) for s in c.stages] == [0.007, 0.0007]
   assert camvid.get_config("eval=val").eval.split == "val"
   c2 = _load_with_flags([f"--config={REPO / 'configs' / 'camvid.py'}",
                          "--config.input.folder_root=/data/camvid",

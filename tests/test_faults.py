@@ -9,7 +9,6 @@ pipeline with an error naming the dataset, the split and the example.
 """
 
 import os
-import pathlib
 import signal
 import subprocess
 import sys
