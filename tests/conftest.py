@@ -11,6 +11,11 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# A size limit turns on the persistent cache's file lock: without it JAX
+# writes entries in place, unlocked, and a test process (or a subprocess it
+# starts) compiling the same program can read another's half-written entry
+# and crash loading it. 16 GB: in effect no eviction.
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 # The XLA:CPU loop setting of the command-line entry points (potts_jax/xla_flags.py),
 # so that tests and the subprocesses they start compile the same programs.
 from potts_jax import xla_flags  # noqa: E402  (imports no JAX)

@@ -20,7 +20,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 from PIL import Image
 
 from potts_jax.data import folder
@@ -29,15 +29,10 @@ from potts_jax.data import scribblesup
 from potts_jax.models import torch_checkpoint as tc
 from potts_jax.tools import segment
 from tests.fuzz_corpus import make_corpus as corpus
+from tests.test_fuzz_checkpoint import fuzz
 
 CORPUS = pathlib.Path(corpus.__file__).resolve().parent
 H, W = corpus.PNG_SHAPE
-
-
-def fuzz(n: int) -> settings:
-  """A fixed, reproducible hypothesis budget of ``n`` examples."""
-  return settings(max_examples=n, deadline=None, derandomize=True,
-                  database=None, suppress_health_check=list(HealthCheck))
 
 
 @pytest.fixture(scope="module")
