@@ -97,7 +97,9 @@ def initialize_distributed() -> None:
   ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` for a launch by hand), or a
   cluster JAX auto-detects (Slurm with several tasks, Cloud TPU pods, Open
   MPI); a single process without one runs as is. On CPU, processes exchange
-  collectives through gloo (JAX's default).
+  collectives through gloo (JAX's default), connected here with every
+  process in step, so that one compiling much longer than another later
+  cannot break the connection (:func:`_connect_collectives`).
 
   A dead process stops the others within a bounded time, instead of leaving
   them waiting in a collective or at a barrier forever:
@@ -167,10 +169,35 @@ def initialize_distributed() -> None:
   # Runs before JAX's own exit handler (registered at its import), which
   # waits at the shutdown barrier and then stops the service.
   atexit.register(heartbeat.exiting.set)
+  _connect_collectives(state.client, timeouts["shutdown"])
   logging.info("jax.distributed: a process silent for %d s stops the others "
                "(%s; shutdown barrier %d s, %s)", timeouts["heartbeat"],
                HEARTBEAT_TIMEOUT_ENV, timeouts["shutdown"],
                SHUTDOWN_TIMEOUT_ENV)
+
+
+def _connect_collectives(client: Any, timeout: int) -> None:
+  """Runs one all-reduce over every device with all processes in step.
+
+  On CPU, gloo connects the processes at their first collective and gives
+  up when one of them is more than 30 s late (``Gloo context initialization
+  failed: ... GetKeyValue() timed out``): at the first training step one
+  process may still be compiling what another loaded from its cache. Once
+  connected, later collectives wait for a late process as long as XLA's
+  collective timeout allows. So every process meets the others at a
+  coordination-service barrier first (at most ``timeout`` seconds; a dead
+  process is caught by the heartbeat), then connects with a tiny sum.
+  """
+  client.wait_at_barrier("potts_jax/connect_collectives", timeout * 1000)
+  mesh = make_mesh()
+  ones = jax.make_array_from_process_local_data(
+      jax.sharding.NamedSharding(mesh, P(AXIS)),
+      np.ones(jax.local_device_count(), np.int32))
+  total = jax.jit(jax.numpy.sum, out_shardings=jax.sharding.NamedSharding(
+      mesh, P()))(ones)
+  if int(total.addressable_data(0)) != jax.device_count():
+    raise RuntimeError(f"an all-reduce over {jax.device_count()} devices "
+                       f"gave {total.addressable_data(0)}")
 
 
 class _Heartbeat(threading.Thread):

@@ -16,6 +16,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # starts) compiling the same program can read another's half-written entry
 # and crash loading it. 16 GB: in effect no eviction.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
+try:
+  import filelock  # noqa: F401  (JAX takes the lock with it)
+except ImportError as e:  # JAX would only warn and go on unlocked
+  raise ImportError(
+      "the tests need the `filelock` package (pip install -e '.[dev]'): "
+      "without it JAX's compilation cache is unlocked between test processes"
+  ) from e
 # The XLA:CPU loop setting of the command-line entry points (potts_jax/xla_flags.py),
 # so that tests and the subprocesses they start compile the same programs.
 from potts_jax import xla_flags  # noqa: E402  (imports no JAX)

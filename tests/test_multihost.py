@@ -124,10 +124,22 @@ class _Job:
     return "".join(self.lines[i][name])
 
   def logs(self) -> str:
-    """Every process's exit status and the end of its stderr."""
-    return "\n".join(
-        f"--- process {i} (exit {p.poll()}), stderr:\n"
-        f"{self.text(i)[-6000:]}" for i, p in enumerate(self.processes))
+    """Every process's exit status, the lines of its stderr that name an
+    error (with the first traceback) and the end of its stderr."""
+    parts = []
+    for i, p in enumerate(self.processes):
+      text = self.text(i)
+      named = [line for line in text.splitlines()
+               if re.search(r"error|exception|fatal|gone", line, re.I)][:30]
+      traceback = re.search(r"^Traceback.*?(?=^\S.*Error|\Z).*?$", text,
+                            re.M | re.S)
+      parts.append(
+          f"--- process {i} (exit {p.poll()}), lines naming an error:\n"
+          + "\n".join(named)
+          + (f"\n--- its first traceback:\n{traceback.group(0)[-4000:]}"
+             if traceback else "")
+          + f"\n--- the end of its stderr:\n{text[-6000:]}")
+    return "\n".join(parts)
 
   def fail(self, why: str) -> None:
     """Stops what still runs (with its Python stacks) and fails the test."""
@@ -281,6 +293,39 @@ def test_a_dead_process_stops_the_other(work, killed):
   assert stopped_after <= heartbeat + SLACK
   if killed == 1:
     assert status == parallel.PEER_GONE_EXIT_CODE
+
+
+_LATE = """
+import time
+import jax
+import numpy as np
+from potts_jax import parallel
+parallel.initialize_distributed()
+if jax.process_index() == 1:
+  time.sleep({late})  # As if compiling long what process 0 had cached.
+mesh = parallel.make_mesh()
+x = jax.make_array_from_process_local_data(
+    jax.sharding.NamedSharding(mesh, parallel.P(parallel.AXIS)),
+    np.full((jax.local_device_count(), 3), jax.process_index() + 1.0,
+            np.float32))
+mean = jax.jit(lambda a: a.mean(0), out_shardings=jax.sharding.NamedSharding(
+    mesh, parallel.P()))(x)
+print("mean", mean.addressable_data(0).tolist(), flush=True)
+"""
+
+
+def test_a_process_late_at_its_first_collective_is_waited_for():
+  """gloo gives up connecting after 30 s; processes connected at start-up
+  (parallel.initialize_distributed) wait for a late one at any collective."""
+  late = 35
+  with _Job(["-c", _LATE.format(late=late)],
+            {parallel.HEARTBEAT_TIMEOUT_ENV: "20"}) as job:
+    codes = job.wait(READY + late, "a process 35 s late")
+    if codes != [0, 0]:
+      job.fail(f"statuses {codes}")
+    outputs = [job.text(i, "stdout") for i in range(2)]
+  for out in outputs:  # Devices of process 0 hold 1, of process 1 hold 2.
+    assert "mean [1.5, 1.5, 1.5]" in out, out
 
 
 def test_timeouts_from_the_environment(monkeypatch):
