@@ -11,17 +11,17 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# A size limit turns on the persistent cache's file lock: without it JAX
-# writes entries in place, unlocked, and a test process (or a subprocess it
-# starts) compiling the same program can read another's half-written entry
-# and crash loading it. 16 GB: in effect no eviction.
+# A size limit turns on the persistent cache's file lock (with `filelock`):
+# without it JAX writes and reads entries unlocked, and test processes (and
+# the subprocesses they start) share one cache. 16 GB: in effect no eviction.
 os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
 try:
   import filelock  # noqa: F401  (JAX takes the lock with it)
-except ImportError as e:  # JAX would only warn and go on unlocked
+except ImportError as e:  # JAX would warn once and then use no cache at all
   raise ImportError(
       "the tests need the `filelock` package (pip install -e '.[dev]'): "
-      "without it JAX's compilation cache is unlocked between test processes"
+      "without it JAX's persistent compilation cache fails every read and "
+      "write, and the suite compiles everything (about 3x slower)"
   ) from e
 # The XLA:CPU loop setting of the command-line entry points (potts_jax/xla_flags.py),
 # so that tests and the subprocesses they start compile the same programs.
