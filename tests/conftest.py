@@ -21,7 +21,7 @@ except ImportError as e:  # JAX would warn once and then use no cache at all
   raise ImportError(
       "the tests need the `filelock` package (pip install -e '.[dev]'): "
       "without it JAX's persistent compilation cache fails every read and "
-      "write, and the suite compiles everything (about 3x slower)"
+      "write, and the suite compiles everything from scratch"
   ) from e
 # The XLA:CPU loop setting of the command-line entry points (potts_jax/xla_flags.py),
 # so that tests and the subprocesses they start compile the same programs.
