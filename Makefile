@@ -32,9 +32,9 @@ demo: $(STAMP)
 solver-demo: $(STAMP)
 	$(BIN)/python -m potts_jax.tools.demo --out solver_demo_out
 
-# A test whose worker process crashes (XLA:CPU has segfaulted now and then,
-# in deserialize_executable: README, Tests) runs once more; the summary
-# counts it as a rerun. Failures are never rerun.
+# A test whose worker process crashes (XLA:CPU has segfaulted now and then
+# while compiling or (de)serialising: README, Tests) runs once more; the
+# summary counts it as a rerun. Failures are never rerun.
 test: $(STAMP) chromium
 	POTTS_JAX_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n 2 \
 	  --reruns 1 --only-rerun 'crashed while running' tests

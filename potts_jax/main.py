@@ -45,7 +45,7 @@ def _quiet_orbax(record: std_logging.LogRecord) -> bool:
           or f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
-def _stop_other_processes(message: str, process_count: int) -> None:
+def _exit_now_if_multiprocess(message: str, process_count: int) -> None:
   """In a multi-process job, exits at once after a failure (no shutdown
   barrier, where this process would wait for the others and they for it):
   the others see its heartbeat stop and stop too
@@ -85,13 +85,13 @@ def main(argv):
     # A dataset that is not prepared, a bad config value, a failed save, a
     # diverged run: one line naming it, and a non-zero exit.
     logging.error("%s", e)
-    _stop_other_processes(f"error: {e}", jax.process_count())
+    _exit_now_if_multiprocess(f"error: {e}", jax.process_count())
     sys.exit(f"error: {e}")
   except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() == 1:
       raise
     logging.exception("process %d failed", jax.process_index())
-    _stop_other_processes(f"error: {type(e).__name__}: {e}",
+    _exit_now_if_multiprocess(f"error: {type(e).__name__}: {e}",
                           jax.process_count())
   if record:  # Every process prints the same (global) numbers.
     summary = {k: record[k] for k in ("step", "miou", "pixel_accuracy",
