@@ -12,7 +12,7 @@ r"""Command-line entry point: ``python -m potts_jax.main``.
 are listed in ``configs/common.py``). Every host of a multi-host
 job runs the same command; ``jax.distributed.initialize()`` is called here
 (and nowhere else) when the environment names a cluster
-(:func:`potts_jax.parallel.initialize_distributed`). The run writes
+(:func:`potts_jax.multihost.initialize_distributed`). The run writes
 ``WORKDIR/config.json``, checkpoints, TensorBoard events, the absl log
 (``WORKDIR/log.txt``, also on stderr) and ``WORKDIR/metrics.json``; started again on the same
 workdir it resumes from its newest checkpoint.
@@ -45,17 +45,6 @@ def _quiet_orbax(record: std_logging.LogRecord) -> bool:
           or f"{os.sep}orbax{os.sep}" not in record.pathname)
 
 
-def _exit_now_if_multiprocess(message: str, process_count: int) -> None:
-  """In a multi-process job, exits at once after a failure (no shutdown
-  barrier, where this process would wait for the others and they for it):
-  the others see its heartbeat stop and stop too
-  (:func:`potts_jax.parallel.initialize_distributed`)."""
-  if process_count > 1:
-    print(message, file=sys.stderr, flush=True)
-    logging.flush()
-    os._exit(1)  # pylint: disable=protected-access
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
@@ -63,11 +52,11 @@ def main(argv):
   # prefer_threaded_cpu_loops() (in __main__ below) set XLA_FLAGS.
   import jax  # pylint: disable=g-import-not-at-top
   from potts_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from potts_jax import parallel  # pylint: disable=g-import-not-at-top
+  from potts_jax import multihost  # pylint: disable=g-import-not-at-top
   from potts_jax import steps  # pylint: disable=g-import-not-at-top
   from potts_jax import train  # pylint: disable=g-import-not-at-top
 
-  parallel.initialize_distributed()
+  multihost.initialize_distributed()
   config = _CONFIG.value
   workdir = os.path.abspath(_WORKDIR.value)
   if jax.process_index() == 0:
@@ -85,14 +74,13 @@ def main(argv):
     # A dataset that is not prepared, a bad config value, a failed save, a
     # diverged run: one line naming it, and a non-zero exit.
     logging.error("%s", e)
-    _exit_now_if_multiprocess(f"error: {e}", jax.process_count())
+    multihost.stop_after_failure(f"error: {e}")
     sys.exit(f"error: {e}")
   except Exception as e:  # pylint: disable=broad-except
     if jax.process_count() == 1:
       raise
     logging.exception("process %d failed", jax.process_index())
-    _exit_now_if_multiprocess(f"error: {type(e).__name__}: {e}",
-                          jax.process_count())
+    multihost.stop_after_failure(f"error: {type(e).__name__}: {e}")
   if record:  # Every process prints the same (global) numbers.
     summary = {k: record[k] for k in ("step", "miou", "pixel_accuracy",
                                       "preempted") if k in record}

@@ -6,7 +6,7 @@ Each process has 2 fake CPU devices; ``main()`` calls
 collectives), and both train the demo's ``runlocal`` config over the 4-device
 mesh in one shared workdir. When one process dies (SIGKILL), the other stops
 by itself within the heartbeat timeout, naming the dead process
-(:func:`potts_jax.parallel.initialize_distributed`); both started again
+(:func:`potts_jax.multihost.initialize_distributed`); both started again
 resume from the checkpoints and finish together.
 
 No wait here is unbounded, so the file cannot hang, however loaded the
@@ -46,7 +46,7 @@ import jax
 import pytest
 
 from potts_jax import checkpointing
-from potts_jax import parallel
+from potts_jax import multihost
 from tests.conftest import REPO
 
 HEARTBEAT = 20
@@ -196,8 +196,8 @@ class _Job:
 def _train(workdir) -> _Job:
   return _Job(["-m", "potts_jax.main", "--config=configs/demo.py:runlocal",
                f"--workdir={workdir}"],
-              {parallel.HEARTBEAT_TIMEOUT_ENV: str(HEARTBEAT),
-               parallel.SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN)})
+              {multihost.HEARTBEAT_TIMEOUT_ENV: str(HEARTBEAT),
+               multihost.SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN)})
 
 
 def test_two_processes_train_stop_together_resume_and_agree(tmp_path):
@@ -251,26 +251,36 @@ import numpy as np
 from absl import logging
 logging.use_absl_handler()
 logging.set_verbosity("info")
-from potts_jax import parallel
-parallel.initialize_distributed()
+import jax
+from potts_jax import multihost
+multihost.initialize_distributed()
 from jax.experimental import multihost_utils
 logging.info("ready")
-for i in range(10**6):
-  if {collective}:
-    multihost_utils.process_allgather(np.int32(i))
-  time.sleep(0.1)
+try:
+  for i in range(10**6):
+    if {collective}:
+      multihost_utils.process_allgather(np.int32(i))
+    if jax.process_index() == {raises} and i == 20:
+      raise ValueError("a bad value on process {raises}")
+    time.sleep(0.1)
+except Exception as e:
+  logging.exception("failed")
+  multihost.stop_after_failure(f"error: {{e}}")
 """
 
 
-@pytest.mark.parametrize("work,killed", [("host", 1), ("collective", 0)])
+@pytest.mark.parametrize("work,killed", [("host", 1), ("collective", 1),
+                                         ("collective", 0)])
 def test_a_dead_process_stops_the_other(work, killed):
   """Without training: process 1 dies while both do host work (only the
-  heartbeat can tell), or process 0, which runs the coordination service,
-  while both run collectives (JAX stops the survivor at once)."""
+  heartbeat can tell) or run collectives (the survivor's collective fails
+  at once; the heartbeat names the dead process, not the cut connection),
+  or process 0, which runs the coordination service, dies while both run
+  collectives (JAX stops the survivor at once)."""
   heartbeat = 5
-  code = _WORKER.format(collective=work == "collective")
-  with _Job(["-c", code], {parallel.HEARTBEAT_TIMEOUT_ENV: str(heartbeat),
-                           parallel.SHUTDOWN_TIMEOUT_ENV: "120"}) as job:
+  code = _WORKER.format(collective=work == "collective", raises=-1)
+  with _Job(["-c", code], {multihost.HEARTBEAT_TIMEOUT_ENV: str(heartbeat),
+                           multihost.SHUTDOWN_TIMEOUT_ENV: "120"}) as job:
     deadline = time.monotonic() + READY
     for i in range(2):
       job.wait_for(i, "ready", timeout=deadline - time.monotonic())
@@ -292,15 +302,43 @@ def test_a_dead_process_stops_the_other(work, killed):
                f"naming the dead process {killed}")
   assert stopped_after <= heartbeat + SLACK
   if killed == 1:
-    assert status == parallel.PEER_GONE_EXIT_CODE
+    assert status == multihost.PEER_GONE_EXIT_CODE
+
+
+@pytest.mark.parametrize("work", ["host", "collective"])
+@pytest.mark.parametrize("raises", [0, 1])
+def test_a_failed_process_stops_the_other_naming_its_error(work, raises):
+  """A process whose code raises exits with its error, and the other stops
+  at its next heartbeat, naming that error: neither waits for a timeout."""
+  heartbeat = 30
+  code = _WORKER.format(collective=work == "collective", raises=raises)
+  with _Job(["-c", code], {multihost.HEARTBEAT_TIMEOUT_ENV: str(heartbeat),
+                           multihost.SHUTDOWN_TIMEOUT_ENV: "120"}) as job:
+    deadline = time.monotonic() + READY
+    for i in range(2):
+      job.wait_for(i, "ready", timeout=deadline - time.monotonic())
+    job.wait_for(raises, "failed", timeout=READY)
+    start = time.monotonic()
+    codes = job.wait(heartbeat, f"process {raises} failed")
+    stopped_after = time.monotonic() - start
+    error = f"a bad value on process {raises}"
+    other = 1 - raises
+    if (error not in job.text(raises).splitlines()[-1]
+        or f"process {raises} of 2 failed: error: {error}"
+        not in job.text(other)):
+      job.fail(f"statuses {codes}: process {raises}'s error not named "
+               "last by it and by the other")
+  assert codes[raises] == 1 and codes[other] == multihost.PEER_GONE_EXIT_CODE
+  assert stopped_after < heartbeat / 2
 
 
 _LATE = """
 import time
 import jax
 import numpy as np
+from potts_jax import multihost
 from potts_jax import parallel
-parallel.initialize_distributed()
+multihost.initialize_distributed()
 if jax.process_index() == 1:
   time.sleep({late})  # As if compiling long what process 0 had cached.
 mesh = parallel.make_mesh()
@@ -316,10 +354,10 @@ print("mean", mean.addressable_data(0).tolist(), flush=True)
 
 def test_a_process_late_at_its_first_collective_is_waited_for():
   """gloo gives up connecting after 30 s; processes connected at start-up
-  (parallel.initialize_distributed) wait for a late one at any collective."""
+  (multihost.initialize_distributed) wait for a late one at any collective."""
   late = 35
   with _Job(["-c", _LATE.format(late=late)],
-            {parallel.HEARTBEAT_TIMEOUT_ENV: "20"}) as job:
+            {multihost.HEARTBEAT_TIMEOUT_ENV: "20"}) as job:
     codes = job.wait(READY + late, "a process 35 s late")
     if codes != [0, 0]:
       job.fail(f"statuses {codes}")
@@ -329,13 +367,13 @@ def test_a_process_late_at_its_first_collective_is_waited_for():
 
 
 def test_timeouts_from_the_environment(monkeypatch):
-  monkeypatch.delenv(parallel.HEARTBEAT_TIMEOUT_ENV, raising=False)
-  monkeypatch.delenv(parallel.SHUTDOWN_TIMEOUT_ENV, raising=False)
-  assert parallel.distributed_timeouts() == {"heartbeat": 60, "shutdown": 300}
-  monkeypatch.setenv(parallel.HEARTBEAT_TIMEOUT_ENV, "15")
-  monkeypatch.setenv(parallel.SHUTDOWN_TIMEOUT_ENV, "90")
-  assert parallel.distributed_timeouts() == {"heartbeat": 15, "shutdown": 90}
+  monkeypatch.delenv(multihost.HEARTBEAT_TIMEOUT_ENV, raising=False)
+  monkeypatch.delenv(multihost.SHUTDOWN_TIMEOUT_ENV, raising=False)
+  assert multihost.distributed_timeouts() == {"heartbeat": 60, "shutdown": 300}
+  monkeypatch.setenv(multihost.HEARTBEAT_TIMEOUT_ENV, "15")
+  monkeypatch.setenv(multihost.SHUTDOWN_TIMEOUT_ENV, "90")
+  assert multihost.distributed_timeouts() == {"heartbeat": 15, "shutdown": 90}
   for bad in ("1.5", "0", "soon"):
-    monkeypatch.setenv(parallel.HEARTBEAT_TIMEOUT_ENV, bad)
-    with pytest.raises(ValueError, match=parallel.HEARTBEAT_TIMEOUT_ENV):
-      parallel.distributed_timeouts()
+    monkeypatch.setenv(multihost.HEARTBEAT_TIMEOUT_ENV, bad)
+    with pytest.raises(ValueError, match=multihost.HEARTBEAT_TIMEOUT_ENV):
+      multihost.distributed_timeouts()
