@@ -367,6 +367,7 @@ def test_command_line_errors_name_the_folder(tmp_path):
   assert f"--images: folder {tmp_path / 'missing'} not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_saved_folder_prepares_and_trains(server, tmp_path):
   from potts_jax import train  # pylint: disable=g-import-not-at-top
   from potts_jax.data.builders import folder_builder  # pylint: disable=g-import-not-at-top

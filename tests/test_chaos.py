@@ -20,6 +20,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from potts_jax import faults
 from potts_jax import train
@@ -76,6 +77,7 @@ def _entries(directory: pathlib.Path) -> list[str]:
   return sorted(p.name for p in directory.iterdir())
 
 
+@pytest.mark.slow
 def test_killed_at_every_point_ends_like_an_uninterrupted_run(tmp_path):
   chaos = tmp_path / "chaos"
   s1, s2 = chaos / "stage1" / "checkpoints", chaos / "stage2" / "checkpoints"

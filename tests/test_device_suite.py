@@ -41,6 +41,7 @@ def _rows(rows, part, name):
   return [r for r in rows if r["part"] == part and r["name"] == name]
 
 
+@pytest.mark.slow
 def test_dry_run_exits_zero_with_every_part(dry_run):
   proc, rows, logs = dry_run
   assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:],
@@ -54,6 +55,7 @@ def test_dry_run_exits_zero_with_every_part(dry_run):
   assert all(r["dry_run"] for r in rows if r["part"] in "abc")
 
 
+@pytest.mark.slow
 def test_dry_run_part_a_compares_and_checks(dry_run):
   _, rows, _ = dry_run
   checks = [r for r in rows if r["part"] == "a" and r["name"] in (
@@ -64,6 +66,7 @@ def test_dry_run_part_a_compares_and_checks(dry_run):
   assert _rows(rows, "a", "done")[0]["failed"] == []
 
 
+@pytest.mark.slow
 def test_dry_run_part_b_measures(dry_run):
   _, rows, _ = dry_run
   (bandwidth,) = _rows(rows, "b", "copy_bandwidth")
@@ -85,6 +88,7 @@ def test_dry_run_part_b_measures(dry_run):
   assert all(r["finite_loss"] and r["xla_bytes"] > 0 for r in steps.values())
 
 
+@pytest.mark.slow
 def test_dry_run_part_c_trains_from_stage_one(dry_run):
   _, rows, _ = dry_run
   runs = [r for r in rows if r["part"] == "c" and "miou" in r

@@ -191,6 +191,7 @@ def test_callback_under_jit_and_shard_map_equals_numpy(shared_data):
   np.testing.assert_array_equal(np.asarray(grad), np.eye(2)[want])
 
 
+@pytest.mark.slow
 def test_train_step_with_hard_sl_gc_runs():
   """One step of the demo's runlocal stage 2 on 4 devices (as test_steps)."""
   config = demo_config.get_config("runlocal,method=hard_sl_gc")

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -37,6 +39,7 @@ def test_help_and_missing_flags():
   assert "workdir" in result.stderr
 
 
+@pytest.mark.slow
 def test_a_diverging_run_exits_naming_the_steps_and_a_nonfinite_term(
     tmp_path):
   result = _main("--config=configs/demo.py:runlocal", f"--workdir={tmp_path}",

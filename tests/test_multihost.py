@@ -200,6 +200,7 @@ def _train(workdir) -> _Job:
                multihost.SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN)})
 
 
+@pytest.mark.slow
 def test_two_processes_train_stop_together_resume_and_agree(tmp_path):
   # 1. Process 1 is killed once it has trained and saved step 2 of stage 1;
   # process 0 (in a collective, at a barrier or on its own) must stop.

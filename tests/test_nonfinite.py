@@ -95,6 +95,7 @@ def test_bad_policy_is_a_config_error():
     steps.check_config(c)
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_and_leaves_finite_checkpoints(tmp_path):
   c = demo.get_config("runlocal")
   c.stages = ()

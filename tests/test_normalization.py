@@ -81,6 +81,7 @@ def test_batch_mean_is_the_global_pixel_mean_over_b_on_four_devices():
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pce", "gd", "soft_sl"])
 def test_step_loss_under_batch_mean_is_the_pixel_mean_over_b(method):
   """Same state and batch: the loss the step optimises is divided by B."""
@@ -97,6 +98,7 @@ def test_step_loss_under_batch_mean_is_the_pixel_mean_over_b(method):
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_one_sgd_step_at_lr_equals_a_pixel_mean_step_at_lr_over_b():
   """The real optimiser (momentum, weight decay, head lr x10, poly).
 
@@ -123,6 +125,7 @@ def test_one_sgd_step_at_lr_equals_a_pixel_mean_step_at_lr_over_b():
   assert _max_diff(lineage["params"], same_lr["params"]) > 1e-4
 
 
+@pytest.mark.slow
 def test_batch_mean_step_on_four_devices_equals_one_device():
   """The scale uses the global batch size: 4 devices x 1 image = 1 x 4."""
   config = _config("gd")

@@ -131,6 +131,7 @@ def _check_energies(data_by_name):
   assert curves["H_Q + P_Q|adam (0.1)"][-1] <= exact * 1.05
 
 
+@pytest.mark.slow
 def test_notebook_runs_and_its_figures_are_the_librarys():
   """One test (so that pytest-xdist runs the notebook once): nbmake runs it,
   then each figure's saved numbers are checked."""

@@ -236,6 +236,7 @@ DENSE = dict(neighborhood="dense", relaxation="bl", lam=0.05, num_steps=20,
              unary="gaussian")
 
 
+@pytest.mark.slow
 def test_sigma_xy_reaches_the_solver(tmp_path):
   image, scrib, _ = _write_example(tmp_path, long_side=48)
   img = segment.read_image(str(image))

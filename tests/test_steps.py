@@ -53,6 +53,7 @@ def _max_diff(a, b):
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.slow
 def test_soft_sl_step_on_four_devices_equals_one_device():
   """SyncBN, solver per device, global-batch loss: the same step (float32)."""
   config = _config("soft_sl")
@@ -69,6 +70,7 @@ def test_soft_sl_step_on_four_devices_equals_one_device():
   assert int(four["step"]) == 1
 
 
+@pytest.mark.slow
 def test_shard_map_and_pmap_agree_after_three_steps():
   config = _config("pce")
   a, _ = _run(config, "shard_map", 4, 3)
@@ -109,6 +111,7 @@ def test_bad_parallel_kind_and_batch():
     par.put_batch({"image": np.zeros((3, 2, 2, 3), np.float32)})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gd", "soft_sl"])
 def test_lattice_capacity_reaches_the_step_and_an_overflow_stops_it(method):
   """config.energy.lattice_capacity is the lattice capacity of the GD loss
@@ -127,6 +130,7 @@ def test_lattice_capacity_reaches_the_step_and_an_overflow_stops_it(method):
     steps.check_config(config)
 
 
+@pytest.mark.slow
 def test_solver_warm_start_reaches_the_step():
   """config.solver.warm_start="coarse" starts the step's solver from the
   pooled problem; bad values name the key."""
@@ -155,6 +159,7 @@ def test_solver_warm_start_reaches_the_step():
       steps.check_config(c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["soft_sl", "hard_sl_gc"])
 def test_energy_metric_of_the_step(method):
   """``energy``: the solver's E(y) of the soft y; of the hard methods' one-hot

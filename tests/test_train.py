@@ -116,6 +116,7 @@ def reference(tmp_path_factory):
   return workdir, record
 
 
+@pytest.mark.slow
 def test_demo_runlocal_trains_both_stages(reference):
   workdir, record = reference
   assert set(record["stages"]) == {"stage1", "stage2"}
@@ -137,6 +138,7 @@ def test_demo_runlocal_trains_both_stages(reference):
   assert top["miou"] == top["stages"]["stage2"]["miou"]
 
 
+@pytest.mark.slow
 def test_sigkill_and_sigterm_runs_resume_exactly(reference, tmp_path):
   ref_dir, _ = reference
   killed, stopped = tmp_path / "killed", tmp_path / "stopped"
@@ -202,6 +204,7 @@ def test_empty_directory_restores_nothing_and_bad_init_from(tmp_path):
     train.train_and_evaluate(c, str(tmp_path / "run"))
 
 
+@pytest.mark.slow
 def test_restore_model_names_a_mismatched_parameter(reference):
   workdir, _ = reference
   c = _config()
@@ -364,6 +367,7 @@ def test_with_best_keeps_the_final_and_adds_the_best():
   assert record["protocol"] == "p"
 
 
+@pytest.mark.slow
 def test_eval_every_reports_final_and_best(tmp_path, caplog):
   c = _config()
   c.stages = ()
