@@ -93,10 +93,11 @@ def initialize_distributed() -> None:
     process logs ``process K of N is gone: ...`` and exits with status
     :data:`PEER_GONE_EXIT_CODE`. A process that fails with an exception
     says so through :func:`stop_after_failure`, and the others stop at
-    their next heartbeat (``process K of N failed: <its error>``). JAX's own heartbeat check, set to twice
-    that time, is the backstop (it aborts the process, naming the task
-    "unhealthy"). When process 0, which runs the coordination service,
-    dies, JAX stops the others at once ("the leader task ... died").
+    their next heartbeat (``process K of N failed: <its error>``). JAX's
+    own heartbeat check, set to twice that time, is the backstop (it aborts
+    the process, naming the task "unhealthy"). When process 0, which runs
+    the coordination service, dies, JAX stops the others at once ("the
+    leader task ... died").
   * ``POTTS_JAX_SHUTDOWN_TIMEOUT`` (seconds, default 300): how long a
     process that has finished waits at JAX's shutdown barrier for the
     others (e.g. for process 0 writing the final figure); past it, JAX
