@@ -23,11 +23,10 @@ as many steps), ``relaxation=NAME``, ``cross_entropy=NAME``, ``lr2=LR`` (stage
 2's lr), ``runlocal`` (a few steps of each stage on tiny images, for tests and
 CI).
 
-Expected (2 CPU cores, about 4 minutes; jax 0.10.2, flax 0.12.8, optax
+Expected (2 CPU cores, under 3 minutes; jax 0.10.2, flax 0.12.8, optax
 0.2.8): val mIoU 90.03 after stage 1 and 90.49 after stage 2 (seed 0). Over
-seeds 0-2, measured with earlier package versions (seed 0 then gave 89.39
-and 89.93): 88.56 ± 0.74 (stage 1), 89.70 ± 1.80 (soft self-labeling) and
-89.32 ± 1.93 for the control ``method=pce`` (pCE continued from the same
+seeds 0-2: 90.60 ± 0.74 (stage 1), 91.34 ± 0.75 (soft self-labeling) and
+91.00 ± 0.95 for the control ``method=pce`` (pCE continued from the same
 stage 1; docs/reproduction.md).
 """
 
